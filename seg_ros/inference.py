@@ -1,0 +1,299 @@
+"""The one inference path: uint8 camera images in, masks, overlays and statistics out.
+
+The node, the rosbag evaluator and the benchmark all go through ``Segmenter``; none of them
+runs the network itself. Per frame the uint8 image is uploaded once; channel reordering,
+resizing, normalisation, the forward pass, soft-max confidence, argmax, palette lookup, overlay
+blending and the class histogram all run on the device, and only uint8 arrays and the small
+per-class vectors come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .fastpath import fold_batchnorm
+from .labels import IGNORE_INDEX, LabelSet
+
+__all__ = ['ENCODINGS', 'OPTIONAL_OUTPUTS', 'PRECISIONS', 'SegmentationError', 'SegmentationResult',
+           'Segmenter', 'resolve_device']
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+OPTIONAL_OUTPUTS = frozenset({'confidence', 'color_mask', 'overlay'})
+
+# Layouts the core takes directly (the conversions module turns every other one into rgb8):
+# encoding -> (channels in the array, channel order that gives RGB).
+ENCODINGS: dict[str, tuple[int, tuple[int, ...]]] = {
+    'rgb8': (3, (0, 1, 2)),
+    'bgr8': (3, (2, 1, 0)),
+    'rgba8': (4, (0, 1, 2)),
+    'bgra8': (4, (2, 1, 0)),
+    'mono8': (1, (0, 0, 0)),
+}
+
+
+class SegmentationError(RuntimeError):
+    """A frame that could not be segmented; the caller drops it and serves the next one."""
+
+
+@dataclass
+class SegmentationResult:
+    """What one image gives. Arrays are uint8 at the output size unless said otherwise."""
+
+    mask: np.ndarray
+    """(H, W) class index per pixel, ``IGNORE_INDEX`` (255) where no class is predicted."""
+    class_counts: np.ndarray
+    """(C,) int64 pixels per class."""
+    class_confidence: np.ndarray
+    """(C,) float32 mean top-class probability over each class's pixels (0 where none)."""
+    confidence: np.ndarray | None = None
+    """(H, W) top-class probability scaled to 0..255."""
+    color_mask: np.ndarray | None = None
+    """(H, W, 3) RGB palette colour of each pixel's class."""
+    overlay: np.ndarray | None = None
+    """(H, W, 3) RGB input blended with ``color_mask``."""
+
+    @property
+    def class_fractions(self) -> np.ndarray:
+        """(C,) float32 share of the image's pixels per class."""
+        return (self.class_counts / max(self.mask.size, 1)).astype(np.float32)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; errors name the fix."""
+    spec = spec.strip().lower()
+    if spec == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f'device {spec!r} is not one of auto, cpu, cuda, cuda:N') from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f'device {spec!r} requested but CUDA is not available to this torch '
+                             f'({torch.__version__}); use device "cpu" or "auto"')
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f'device {spec!r} requested but only {torch.cuda.device_count()} CUDA '
+                             'device(s) are visible')
+        return torch.device('cuda', index)
+    if device.type != 'cpu':
+        raise ValueError(f'device {spec!r} is not supported (auto, cpu, cuda, cuda:N)')
+    return device
+
+
+def _cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | None]:
+    """The precision actually used and, when it differs from the request, the warning to give.
+
+    On a CPU, fp16 is slower than fp32 (no native half arithmetic), and bf16 helps only where the
+    CPU has native bf16 instructions; there the request is mapped to fp32 with one warning.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision {precision!r} is not one of {", ".join(PRECISIONS)}')
+    if device.type == 'cuda' or precision == 'fp32':
+        if precision == 'bf16' and not torch.cuda.is_bf16_supported():
+            return 'fp16', f'bf16 is not supported by {torch.cuda.get_device_name(device)}; using fp16'
+        return precision, None
+    if precision == 'bf16' and _cpu_supports_bf16():
+        return 'bf16', None
+    return 'fp32', (f'precision {precision} does not speed up inference on this CPU '
+                    '(no native support); using fp32')
+
+
+class Segmenter:
+    """A trained network ready for frames.
+
+    Args:
+        checkpoint: a ``Checkpoint`` or the path of one.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, ``fp16`` or ``bf16`` (mixed precision on CUDA).
+        input_size: network input (height, width); default the checkpoint's training resolution.
+        output_size: ``input`` (results at each image's own size, aligned pixel for pixel with it
+            and its CameraInfo) or ``network`` (results at ``input_size``, smaller and cheaper).
+        min_confidence: pixels whose top-class probability is below this get ``IGNORE_INDEX``.
+        channels_last: NHWC memory format; default on for CUDA, off for CPU.
+        fold_bn: fold batch-norm layers into the convolutions before them.
+        warmup: run the network a few times at start so that the first frame is not slow.
+    """
+
+    def __init__(self, checkpoint: Checkpoint | str | Path, *, device: str = 'auto',
+                 precision: str = 'fp32', input_size: tuple[int, int] | None = None,
+                 output_size: str = 'input', min_confidence: float = 0.0,
+                 channels_last: bool | None = None, fold_bn: bool = True, warmup: bool = True) -> None:
+        self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        self.device = resolve_device(device)
+        self.precision, precision_warning = resolve_precision(precision, self.device)
+        if precision_warning:
+            warnings.warn(precision_warning, stacklevel=2)
+            log.warning(precision_warning)
+        self.input_size = self._check_size(input_size or self.checkpoint.input_size)
+        if output_size not in ('input', 'network'):
+            raise ValueError(f'output_size {output_size!r} is not "input" or "network"')
+        self.output_size = output_size
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f'min_confidence {min_confidence} is outside 0..1')
+        self.min_confidence = float(min_confidence)
+        self.channels_last = self.device.type == 'cuda' if channels_last is None else channels_last
+
+        model = self.checkpoint.build_model()
+        if fold_bn:
+            model = fold_batchnorm(model, example=torch.rand(1, 3, *self.input_size))
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        self.model = model.eval()
+
+        mean = torch.tensor(self.checkpoint.mean, device=self.device) * 255.0
+        std = torch.tensor(self.checkpoint.std, device=self.device) * 255.0
+        self._mean = mean.view(1, 3, 1, 1)
+        self._inv_std = (1.0 / std).view(1, 3, 1, 1)
+        self._palette = torch.from_numpy(self.labels.palette()).to(self.device)
+        if warmup:
+            self.warmup()
+
+    @staticmethod
+    def _check_size(size: Sequence[int]) -> tuple[int, int]:
+        height, width = (int(v) for v in size)
+        if height < 8 or width < 8:
+            raise ValueError(f'input_size {height}x{width} is too small (at least 8x8)')
+        return height, width
+
+    @property
+    def labels(self) -> LabelSet:
+        return self.checkpoint.labels
+
+    @property
+    def num_classes(self) -> int:
+        return self.checkpoint.num_classes
+
+    def describe(self) -> str:
+        return (f'{self.checkpoint.model_name} ({self.num_classes} classes, {self.labels.name}) on '
+                f'{self.device} at {self.precision}, input {self.input_size[0]}x{self.input_size[1]}'
+                f'{", channels_last" if self.channels_last else ""}')
+
+    def warmup(self, iterations: int = 2) -> None:
+        frame = np.zeros((*self.input_size, 3), np.uint8)
+        for _ in range(iterations):
+            self.segment(frame, outputs=OPTIONAL_OUTPUTS)
+
+    # -- per frame -------------------------------------------------------------------------
+
+    def segment(self, image: np.ndarray, encoding: str = 'rgb8', *,
+                outputs: frozenset[str] | set[str] = OPTIONAL_OUTPUTS,
+                overlay_alpha: float = 0.5) -> SegmentationResult:
+        """Segment one image (H x W x C uint8 in ``encoding``)."""
+        return self.segment_batch([image], [encoding], outputs=outputs, overlay_alpha=overlay_alpha)[0]
+
+    @torch.inference_mode()
+    def segment_batch(self, images: Sequence[np.ndarray], encodings: Sequence[str] | None = None, *,
+                      outputs: frozenset[str] | set[str] = OPTIONAL_OUTPUTS,
+                      overlay_alpha: float = 0.5) -> list[SegmentationResult]:
+        """Segment several images (of any sizes) through the network as one batch."""
+        encodings = list(encodings) if encodings is not None else ['rgb8'] * len(images)
+        if len(encodings) != len(images) or not images:
+            raise ValueError(f'{len(images)} images but {len(encodings)} encodings')
+        unknown = set(outputs) - OPTIONAL_OUTPUTS
+        if unknown:
+            raise ValueError(f'unknown output(s) {sorted(unknown)}; choose from {sorted(OPTIONAL_OUTPUTS)}')
+        if not 0.0 <= overlay_alpha <= 1.0:
+            raise ValueError(f'overlay_alpha {overlay_alpha} is outside 0..1')
+
+        rgb = [self._upload(image, encoding) for image, encoding in zip(images, encodings)]
+        batch = torch.cat([self._resize(x, self.input_size, 'bilinear') for x in rgb])
+        logits = self._forward(batch)
+        return [self._postprocess(logits[i:i + 1], rgb[i], outputs, overlay_alpha)
+                for i in range(len(rgb))]
+
+    def _upload(self, image: np.ndarray, encoding: str) -> torch.Tensor:
+        """(1, 3, H, W) uint8 RGB on the device, from one copy of the array."""
+        if encoding not in ENCODINGS:
+            raise ValueError(f'encoding {encoding!r} is not one the segmenter takes directly '
+                             f'({", ".join(ENCODINGS)}); convert it with seg_ros.ros.conversions')
+        channels, to_rgb = ENCODINGS[encoding]
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            raise ValueError(f'image must be a uint8 numpy array, got {type(image).__name__} '
+                             f'{getattr(image, "dtype", "")}')
+        shape_ok = (image.ndim == 2 and channels == 1) or (image.ndim == 3 and image.shape[2] == channels)
+        if not shape_ok or image.shape[0] < 1 or image.shape[1] < 1:
+            raise ValueError(f'image of shape {image.shape} does not match encoding {encoding} '
+                             f'({channels} channel{"s" if channels > 1 else ""})')
+        with warnings.catch_warnings():
+            # Read-only buffers (bytes from a message) are fine: the tensor is only read.
+            warnings.simplefilter('ignore', UserWarning)
+            host = torch.from_numpy(image)
+        if self.device.type == 'cuda':
+            host = host.contiguous().pin_memory()
+        pixels = host.to(self.device, non_blocking=True)
+        pixels = pixels.reshape(*pixels.shape[:2], -1).permute(2, 0, 1)
+        return pixels[list(to_rgb)].unsqueeze(0)
+
+    def _resize(self, image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+        if tuple(image.shape[-2:]) == tuple(size):
+            return image.float()
+        align = {'align_corners': False} if mode == 'bilinear' else {}
+        return F.interpolate(image.float(), size=size, mode=mode, **align)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        x = (batch - self._mean) * self._inv_std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = self.model(x)
+        logits = logits.float()
+        if not torch.isfinite(logits).all():
+            raise SegmentationError(f'{self.checkpoint.model_name} produced non-finite logits '
+                                    '(NaN or inf); frame skipped')
+        return logits
+
+    def _postprocess(self, logits: torch.Tensor, rgb: torch.Tensor, outputs: frozenset[str] | set[str],
+                     overlay_alpha: float) -> SegmentationResult:
+        out_size = tuple(rgb.shape[-2:]) if self.output_size == 'input' else self.input_size
+        logits = self._resize(logits, out_size, 'bilinear')[0]
+        top_logit, mask = logits.max(dim=0)
+        # max softmax = 1 / sum(exp(l - max l)): one pass, no full probability tensor kept.
+        confidence = torch.exp(logits - top_logit).sum(dim=0).reciprocal_()
+        if self.min_confidence > 0:
+            mask = torch.where(confidence >= self.min_confidence, mask, IGNORE_INDEX)
+        mask = mask.to(torch.uint8)
+
+        flat = mask.flatten().long()
+        counts = torch.bincount(flat, minlength=256)[: self.num_classes]
+        confidence_sums = torch.bincount(flat, weights=confidence.flatten(), minlength=256)[: self.num_classes]
+        class_confidence = confidence_sums / counts.clamp(min=1)
+
+        result = SegmentationResult(
+            mask=mask.cpu().numpy(),
+            class_counts=counts.cpu().numpy().astype(np.int64),
+            class_confidence=class_confidence.float().cpu().numpy(),
+        )
+        if 'confidence' in outputs:
+            result.confidence = (confidence * 255.0).round_().to(torch.uint8).cpu().numpy()
+        if outputs & {'color_mask', 'overlay'}:
+            color = self._palette[mask.long()]
+            if 'color_mask' in outputs:
+                result.color_mask = color.cpu().numpy()
+            if 'overlay' in outputs:
+                base = self._resize(rgb, out_size, 'bilinear')[0].permute(1, 2, 0)
+                blended = base * (1.0 - overlay_alpha) + color.float() * overlay_alpha
+                result.overlay = blended.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        return result

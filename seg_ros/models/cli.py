@@ -1,0 +1,38 @@
+"""``seg-models``: list the networks with their parameter counts and output shapes."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from . import build_model, count_parameters, list_models
+
+# Figures the papers report, for the table printed beside ours.
+PAPER_PARAMETERS = {
+    'enet': ('0.37 M', 'ENet (Paszke et al. 2016), as cited by 001 Table IV / 002 Table 8'),
+    'erfnet': ('2.06 M', '001 (ERFNet), section IV, 19 classes'),
+    'dsnet': ('0.91 M', '002 (DSNet), Table 8'),
+    'segfast': ('603,288', '003 (SegFast), Table 5'),
+    'segfast_basic': ('2,965,976', '003 (SegFast), Table 5'),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='seg-models', description=__doc__)
+    parser.add_argument('--num-classes', type=int, default=19)
+    parser.add_argument('--height', type=int, default=360)
+    parser.add_argument('--width', type=int, default=480)
+    args = parser.parse_args(argv)
+
+    print(f'| network | parameters ({args.num_classes} classes) | paper | output for 1x3x{args.height}x{args.width} |')
+    print('| --- | ---: | ---: | --- |')
+    x = torch.rand(1, 3, args.height, args.width)
+    for name in list_models():
+        if name not in PAPER_PARAMETERS:
+            continue  # networks registered by users or tests
+        model = build_model(name, args.num_classes).eval()
+        with torch.inference_mode():
+            shape = tuple(model(x).shape)
+        print(f'| {name} | {count_parameters(model):,} | {PAPER_PARAMETERS[name][0]} | {shape} |')
+    return 0

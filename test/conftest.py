@@ -1,0 +1,44 @@
+"""Shared test set-up: a private DDS domain per run, small thread pools, shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# A private DDS domain for this run (set before rclpy is imported anywhere), so parallel runs on
+# one machine never hear each other.
+os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
+                      str(Path(__file__).resolve().parents[1] / 'config' / 'fastdds.xml'))
+
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+CAMVID_ROOT = REPO.parent / 'shared' / 'data' / 'camvid'
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption('--run-reliability', action='store_true',
+                     help='run the long soak / flood / fuzz / fault tests (marker: reliability)')
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption('--run-reliability'):
+        return
+    # Deselected rather than skipped: the default run is the quick suite, not a list of skips.
+    long_runs = [item for item in items if 'reliability' in item.keywords]
+    if long_runs:
+        config.hook.pytest_deselected(items=long_runs)
+        items[:] = [item for item in items if 'reliability' not in item.keywords]
+
+
+@pytest.fixture(scope='session')
+def camvid_root() -> Path:
+    """The real CamVid frames in ../shared (required: the suite checks learning on real data)."""
+    if not (CAMVID_ROOT / 'train.txt').is_file():
+        raise FileNotFoundError(f'CamVid not found at {CAMVID_ROOT} (expected ../shared/data/camvid)')
+    return CAMVID_ROOT
