@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,8 +131,14 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise fail(f'refused: it holds objects other than tensors and plain data ({exc})'.split('\n')[0]) from None
-    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
+        # The weights-only unpickler names a blocked global when the file carries code; any
+        # other unpickling error is plain garbage.
+        blocked = re.search(r'(?:unsupported|blocked) GLOBAL [\w.]+', str(exc), re.IGNORECASE)
+        if blocked:
+            raise fail(f'refused: it holds objects other than tensors and plain data '
+                       f'({blocked.group(0)}); seg_ros never unpickles code') from None
+        raise fail('not a readable PyTorch file, truncated or corrupt (unpickling failed)') from None
+    except Exception as exc:
         raise fail(f'not a readable PyTorch file, truncated or corrupt ({type(exc).__name__}: '
                    f'{str(exc).splitlines()[0] if str(exc) else "no detail"})') from None
     if not isinstance(data, dict) or data.get('format') != FORMAT:

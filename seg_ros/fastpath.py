@@ -1,4 +1,14 @@
-"""Inference-only graph rewrites: batch-norm folding.
+"""The inference fast path shared by the Segmenter, the bag tool and the benchmark.
+
+- ``fold_batchnorm``: batch-norm layers folded into the convolutions before them.
+- ``prepare_model``: a network in its inference form (folded, frozen, on its device, in its
+  precision and memory format).
+- ``StaticShapeForward``: ``torch.compile`` and/or a captured CUDA graph per input shape, for the
+  few fixed shapes a segmenter sees (its input size, times the number of cameras batched), with an
+  eager fallback for any other shape.
+- ``build_forward``: the forward callable of a backend (``torch``, ``onnxruntime``, or ``auto``,
+  which times both on the real input and keeps the faster).
+- ``latencies_ms``: the timer all of them and the benchmark use (CUDA-synchronised).
 
 Folding needs to know which batch-norm reads which convolution's output, which the module tree
 alone does not say. One traced forward answers it: a hook records each convolution's output
@@ -11,15 +21,25 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ['fold_batchnorm']
+__all__ = ['BACKENDS', 'DTYPES', 'StaticShapeForward', 'build_forward', 'fold_batchnorm', 'latencies_ms',
+           'prepare_model']
 
 log = logging.getLogger(__name__)
 
 _FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d)
+
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+BACKENDS = ('auto', 'torch', 'onnxruntime')
+# ``auto`` keeps ONNX Runtime only when it is faster by more than timing noise.
+AUTO_MARGIN = 0.9
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _trace_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
@@ -97,3 +117,158 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) 
         return model
     log.debug('folded %d batch-norm layers (max output change %.2g)', len(pairs), error)
     return folded
+
+
+def prepare_model(model: nn.Module, *, device: torch.device | str = 'cpu', precision: str = 'fp32',
+                  channels_last: bool = False, fold_bn: bool = True,
+                  example_size: tuple[int, int] = (64, 96)) -> nn.Module:
+    """``model`` in its inference form: eval mode, batch-norm folded (checked on an input of
+    ``example_size``), frozen, on ``device``, with weights in ``precision`` and ``channels_last``.
+
+    The weights are cast once instead of autocasting every forward: the forward then has no cast
+    kernels, which counts where it takes a millisecond or two and a CUDA graph replays every kernel.
+    """
+    if precision not in DTYPES:
+        raise ValueError(f'precision {precision!r} is not one of {", ".join(DTYPES)}')
+    model = model.eval()
+    if fold_bn:
+        model = fold_batchnorm(model, example=torch.rand(1, 3, *example_size))
+    model = model.to(device=device, dtype=DTYPES[precision])
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def latencies_ms(forward: Forward, inputs: Sequence[torch.Tensor], *, iterations: int,
+                 warmup: int = 2) -> np.ndarray:
+    """Wall time in ms of each of ``iterations`` calls of ``forward``, rotating through ``inputs``.
+
+    ``warmup`` calls come first (allocator, kernel selection, compilation). On CUDA the device is
+    synchronised before and after each call, so a time is the latency of a result, not of a launch.
+    """
+    if iterations < 1 or not inputs:
+        raise ValueError(f'need at least one input and one iteration, got {len(inputs)} and {iterations}')
+    device = inputs[0].device
+    synchronize = torch.cuda.synchronize if device.type == 'cuda' else (lambda _device: None)
+    for index in range(warmup):
+        forward(inputs[index % len(inputs)])
+    times = np.empty(iterations)
+    for index in range(iterations):
+        x = inputs[index % len(inputs)]
+        synchronize(device)
+        start = time.perf_counter()
+        forward(x)
+        synchronize(device)
+        times[index] = (time.perf_counter() - start) * 1e3
+    return times
+
+
+class _CapturedGraph:
+    """One CUDA graph of ``forward`` at the shape of ``example``, replayed on static buffers."""
+
+    def __init__(self, forward: Forward, example: torch.Tensor, warmup: int = 3) -> None:
+        self.static_input = example.clone()  # same shape, dtype and memory format
+        # Warm-up on a side stream, as capture requires: cuDNN picks its kernels, the allocator fills.
+        side = torch.cuda.Stream(example.device)
+        side.wait_stream(torch.cuda.current_stream(example.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                forward(self.static_input)
+        torch.cuda.current_stream(example.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_output = forward(self.static_input)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.static_input.copy_(x)
+        self.graph.replay()
+        # The next replay overwrites the static output; the caller gets its own copy.
+        return self.static_output.clone()
+
+
+class StaticShapeForward:
+    """A network's forward specialised to the shapes it is called with.
+
+    The first ``max_shapes`` distinct input shapes each get a ``torch.compile`` specialisation
+    (``compile``) and/or a captured CUDA graph (``cuda_graph``, CUDA only); any later shape runs
+    the eager network, so a change of shape costs speed, never a failure. A capture that fails
+    or a compilation that fails leaves that shape eager, with a warning.
+    """
+
+    def __init__(self, model: nn.Module, *, compile: bool = False, cuda_graph: bool = False,
+                 max_shapes: int = 4) -> None:
+        if not (compile or cuda_graph):
+            raise ValueError('StaticShapeForward needs compile and/or cuda_graph')
+        if cuda_graph and next(model.parameters()).device.type != 'cuda':
+            raise ValueError('CUDA graphs need a network on a CUDA device')
+        self.model = model
+        self.max_shapes = max_shapes
+        # Freezing: the weights become constants of the compiled graph (inference only), which lets
+        # inductor pre-pack them for its convolution kernels.
+        self._compiled: Forward = (torch.compile(model, dynamic=False, options={'freezing': True})
+                                   if compile else model)
+        self._cuda_graph = cuda_graph
+        self._runners: dict[tuple, Forward] = {}
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """The input shapes that have a specialised runner."""
+        return [key[0] for key in self._runners]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device, x.stride())
+        runner = self._runners.get(key)
+        if runner is None:
+            if len(self._runners) >= self.max_shapes:
+                return self.model(x)
+            runner = self._runners[key] = self._specialise(x)
+        return runner(x)
+
+    def _specialise(self, example: torch.Tensor) -> Forward:
+        # Compiling (and capturing) now, on the example, turns a failure (no C++ compiler, an
+        # operation a CUDA graph cannot hold) into an eager fallback rather than a failed frame.
+        try:
+            if self._cuda_graph:
+                return _CapturedGraph(self._compiled, example)
+            self._compiled(example)
+            return self._compiled
+        except RuntimeError as error:
+            log.warning('%s failed at input %s (%s); that shape runs eagerly',
+                        'CUDA graph capture' if self._cuda_graph else 'torch.compile', tuple(example.shape),
+                        str(error).splitlines()[0] if str(error) else type(error).__name__)
+            return self.model
+
+
+def build_forward(model: nn.Module, example: torch.Tensor, *, backend: str = 'torch', compile: bool = False,
+                  cuda_graph: bool = False) -> tuple[str, Forward, dict[str, float]]:
+    """The forward callable for ``backend``: (backend used, forward, median ms per backend timed).
+
+    ``model`` is a ``prepare_model`` network and ``example`` an input as the caller will pass them
+    (device, dtype, memory format, shape). ``onnxruntime`` serves fp32 on a CPU. ``auto`` keeps
+    PyTorch on CUDA or at reduced precision; on a CPU at fp32 it times both backends on
+    ``example`` and takes ONNX Runtime only if its median is below ``AUTO_MARGIN`` times PyTorch's.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f'backend {backend!r} is not one of {", ".join(BACKENDS)}')
+    torch_forward: Forward = (StaticShapeForward(model, compile=compile, cuda_graph=cuda_graph)
+                              if compile or cuda_graph else model)
+    ort_possible = example.device.type == 'cpu' and example.dtype == torch.float32
+    if backend == 'torch' or (backend == 'auto' and not ort_possible):
+        return 'torch', torch_forward, {}
+    if not ort_possible:
+        raise ValueError(f'the onnxruntime backend runs fp32 on a CPU, not {example.dtype} on '
+                         f'{example.device}; use backend "torch" (or "auto")')
+    from .export import OnnxRuntimeForward  # imports onnxruntime, an optional dependency
+
+    ort_forward = OnnxRuntimeForward(model, example_size=tuple(example.shape[-2:]))
+    if backend == 'onnxruntime':
+        return 'onnxruntime', ort_forward, {}
+    with torch.inference_mode():  # as the Segmenter calls it
+        timings = {name: float(np.median(latencies_ms(forward, [example], iterations=3, warmup=1)))
+                   for name, forward in (('torch', torch_forward), ('onnxruntime', ort_forward))}
+    chosen = 'onnxruntime' if timings['onnxruntime'] < AUTO_MARGIN * timings['torch'] else 'torch'
+    log.info('backend auto: torch %.1f ms, onnxruntime %.1f ms per forward at %s; using %s',
+             timings['torch'], timings['onnxruntime'], tuple(example.shape), chosen)
+    return chosen, ort_forward if chosen == 'onnxruntime' else torch_forward, timings

@@ -20,16 +20,18 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .fastpath import fold_batchnorm
+from .fastpath import DTYPES, build_forward, prepare_model
 from .labels import IGNORE_INDEX, LabelSet
 
-__all__ = ['ENCODINGS', 'OPTIONAL_OUTPUTS', 'PRECISIONS', 'SegmentationError', 'SegmentationResult',
-           'Segmenter', 'resolve_device']
+__all__ = ['DEFAULT_OUTPUTS', 'ENCODINGS', 'OPTIONAL_OUTPUTS', 'PRECISIONS', 'SegmentationError',
+           'SegmentationResult', 'Segmenter', 'resolve_device']
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ('fp32', 'fp16', 'bf16')
-OPTIONAL_OUTPUTS = frozenset({'confidence', 'color_mask', 'overlay'})
+# Outputs a caller may ask for, and those it gets when it does not say (entropy costs a full soft-max).
+OPTIONAL_OUTPUTS = frozenset({'confidence', 'color_mask', 'overlay', 'entropy'})
+DEFAULT_OUTPUTS = frozenset({'confidence', 'color_mask', 'overlay'})
 
 # Layouts the core takes directly (the conversions module turns every other one into rgb8):
 # encoding -> (channels in the array, channel order that gives RGB).
@@ -62,6 +64,8 @@ class SegmentationResult:
     """(H, W, 3) RGB palette colour of each pixel's class."""
     overlay: np.ndarray | None = None
     """(H, W, 3) RGB input blended with ``color_mask``."""
+    mean_entropy: float | None = None
+    """Mean over the pixels of the soft-max entropy in nats (0: certain, log C: uniform)."""
 
     @property
     def class_fractions(self) -> np.ndarray:
@@ -123,7 +127,8 @@ class Segmenter:
     Args:
         checkpoint: a ``Checkpoint`` or the path of one.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, ``fp16`` or ``bf16`` (mixed precision on CUDA).
+        precision: ``fp32``, ``fp16`` or ``bf16`` (the weights are cast; on a CPU only where it has
+            native support, see ``resolve_precision``).
         input_size: network input (height, width); default the checkpoint's training resolution.
         output_size: ``input`` (results at each image's own size, aligned pixel for pixel with it
             and its CameraInfo) or ``network`` (results at ``input_size``, smaller and cheaper).
@@ -131,12 +136,19 @@ class Segmenter:
         channels_last: NHWC memory format; default on for CUDA, off for CPU.
         fold_bn: fold batch-norm layers into the convolutions before them.
         warmup: run the network a few times at start so that the first frame is not slow.
+        backend: ``torch``, ``onnxruntime`` (fp32 on a CPU) or ``auto`` (on a CPU at fp32, times
+            both on the input size at start and keeps the faster; PyTorch otherwise).
+        compile: ``torch.compile`` the network for the input shapes it sees (PyTorch backend).
+        cuda_graphs: replay a captured CUDA graph per input shape; default on for CUDA. With
+            ``compile`` or CUDA graphs, shapes beyond the first few (the number of cameras in a
+            batch changing often) run eagerly.
     """
 
     def __init__(self, checkpoint: Checkpoint | str | Path, *, device: str = 'auto',
                  precision: str = 'fp32', input_size: tuple[int, int] | None = None,
                  output_size: str = 'input', min_confidence: float = 0.0,
-                 channels_last: bool | None = None, fold_bn: bool = True, warmup: bool = True) -> None:
+                 channels_last: bool | None = None, fold_bn: bool = True, warmup: bool = True,
+                 backend: str = 'torch', compile: bool = False, cuda_graphs: bool | None = None) -> None:
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.device = resolve_device(device)
         self.precision, precision_warning = resolve_precision(precision, self.device)
@@ -152,15 +164,22 @@ class Segmenter:
         self.min_confidence = float(min_confidence)
         self.channels_last = self.device.type == 'cuda' if channels_last is None else channels_last
 
-        model = self.checkpoint.build_model()
-        if fold_bn:
-            model = fold_batchnorm(model, example=torch.rand(1, 3, *self.input_size))
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        for param in model.parameters():
-            param.requires_grad_(False)
-        self.model = model.eval()
+        cuda = self.device.type == 'cuda'
+        if cuda_graphs and not cuda:
+            raise ValueError(f'cuda_graphs needs a CUDA device, not {self.device}')
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # input shapes are fixed: let cuDNN time its kernels
+        self._dtype = DTYPES[self.precision]
+        self.model = prepare_model(self.checkpoint.build_model(), device=self.device,
+                                   precision=self.precision, channels_last=self.channels_last,
+                                   fold_bn=fold_bn, example_size=self.input_size)
+        example = self._to_network_layout(torch.rand(1, 3, *self.input_size, device=self.device))
+        self.cuda_graphs = cuda if cuda_graphs is None else cuda_graphs
+        self.compiled = compile
+        self.backend, self._run, self.backend_timings = build_forward(
+            self.model, example, backend=backend, compile=compile, cuda_graph=self.cuda_graphs)
+        if self.backend == 'onnxruntime':  # takes NCHW float32 as it is
+            self.channels_last = self.compiled = self.cuda_graphs = False
 
         mean = torch.tensor(self.checkpoint.mean, device=self.device) * 255.0
         std = torch.tensor(self.checkpoint.std, device=self.device) * 255.0
@@ -188,7 +207,8 @@ class Segmenter:
     def describe(self) -> str:
         return (f'{self.checkpoint.model_name} ({self.num_classes} classes, {self.labels.name}) on '
                 f'{self.device} at {self.precision}, input {self.input_size[0]}x{self.input_size[1]}'
-                f'{", channels_last" if self.channels_last else ""}')
+                f'{", channels_last" if self.channels_last else ""}{", compiled" if self.compiled else ""}'
+                f'{", CUDA graphs" if self.cuda_graphs else ""}, backend {self.backend}')
 
     def warmup(self, iterations: int = 2) -> None:
         frame = np.zeros((*self.input_size, 3), np.uint8)
@@ -198,14 +218,14 @@ class Segmenter:
     # -- per frame -------------------------------------------------------------------------
 
     def segment(self, image: np.ndarray, encoding: str = 'rgb8', *,
-                outputs: frozenset[str] | set[str] = OPTIONAL_OUTPUTS,
+                outputs: frozenset[str] | set[str] = DEFAULT_OUTPUTS,
                 overlay_alpha: float = 0.5) -> SegmentationResult:
         """Segment one image (H x W x C uint8 in ``encoding``)."""
         return self.segment_batch([image], [encoding], outputs=outputs, overlay_alpha=overlay_alpha)[0]
 
     @torch.inference_mode()
     def segment_batch(self, images: Sequence[np.ndarray], encodings: Sequence[str] | None = None, *,
-                      outputs: frozenset[str] | set[str] = OPTIONAL_OUTPUTS,
+                      outputs: frozenset[str] | set[str] = DEFAULT_OUTPUTS,
                       overlay_alpha: float = 0.5) -> list[SegmentationResult]:
         """Segment several images (of any sizes) through the network as one batch."""
         encodings = list(encodings) if encodings is not None else ['rgb8'] * len(images)
@@ -217,9 +237,9 @@ class Segmenter:
         if not 0.0 <= overlay_alpha <= 1.0:
             raise ValueError(f'overlay_alpha {overlay_alpha} is outside 0..1')
 
-        rgb = [self._upload(image, encoding) for image, encoding in zip(images, encodings)]
+        rgb = [self._upload(image, encoding) for image, encoding in zip(images, encodings, strict=True)]
         batch = torch.cat([self._resize(x, self.input_size, 'bilinear') for x in rgb])
-        logits = self._forward(batch)
+        logits = self.forward(batch)
         return [self._postprocess(logits[i:i + 1], rgb[i], outputs, overlay_alpha)
                 for i in range(len(rgb))]
 
@@ -252,14 +272,15 @@ class Segmenter:
         align = {'align_corners': False} if mode == 'bilinear' else {}
         return F.interpolate(image.float(), size=size, mode=mode, **align)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        x = (batch - self._mean) * self._inv_std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(self.precision)
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = self.model(x)
-        logits = logits.float()
+    def _to_network_layout(self, x: torch.Tensor) -> torch.Tensor:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.to(dtype=self._dtype, memory_format=memory_format)
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of ``batch``, (N, 3, *input_size) RGB 0..255 floats on the device: the
+        network step of ``segment_batch`` alone (normalisation and the backend's forward)."""
+        logits = self._run(self._to_network_layout((batch - self._mean) * self._inv_std)).float()
         if not torch.isfinite(logits).all():
             raise SegmentationError(f'{self.checkpoint.model_name} produced non-finite logits '
                                     '(NaN or inf); frame skipped')
@@ -271,15 +292,16 @@ class Segmenter:
         logits = self._resize(logits, out_size, 'bilinear')[0]
         top_logit, mask = logits.max(dim=0)
         # max softmax = 1 / sum(exp(l - max l)): one pass, no full probability tensor kept.
-        confidence = torch.exp(logits - top_logit).sum(dim=0).reciprocal_()
+        shifted = logits - top_logit
+        confidence = torch.exp(shifted).sum(dim=0).reciprocal_()
         if self.min_confidence > 0:
             mask = torch.where(confidence >= self.min_confidence, mask, IGNORE_INDEX)
         mask = mask.to(torch.uint8)
 
         flat = mask.flatten().long()
         counts = torch.bincount(flat, minlength=256)[: self.num_classes]
-        confidence_sums = torch.bincount(flat, weights=confidence.flatten(), minlength=256)[: self.num_classes]
-        class_confidence = confidence_sums / counts.clamp(min=1)
+        confidence_sums = torch.bincount(flat, weights=confidence.flatten(), minlength=256)
+        class_confidence = confidence_sums[: self.num_classes] / counts.clamp(min=1)
 
         result = SegmentationResult(
             mask=mask.cpu().numpy(),
@@ -288,6 +310,10 @@ class Segmenter:
         )
         if 'confidence' in outputs:
             result.confidence = (confidence * 255.0).round_().to(torch.uint8).cpu().numpy()
+        if 'entropy' in outputs:
+            # -sum p log p with log p = (l - max l) + log(confidence), p = exp(log p).
+            log_p = shifted + confidence.log().unsqueeze(0)
+            result.mean_entropy = float(-(log_p.exp() * log_p).sum(dim=0).mean())
         if outputs & {'color_mask', 'overlay'}:
             color = self._palette[mask.long()]
             if 'color_mask' in outputs:

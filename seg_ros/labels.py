@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ['CAMVID11', 'CITYSCAPES19', 'IGNORE_INDEX', 'LabelSet', 'get_label_set', 'list_label_sets']
+__all__ = ['CAMVID11', 'CITYSCAPES19', 'IGNORE_INDEX', 'ROAD11', 'LabelSet', 'common_label_set',
+           'get_label_set', 'list_label_sets', 'mapping_table']
 
 IGNORE_INDEX = 255
 """Label value that losses and metrics skip, and that masks use for 'no prediction'."""
@@ -88,7 +89,34 @@ CITYSCAPES19 = LabelSet(
      (0, 80, 100), (0, 0, 230), (119, 11, 32)),
 )
 
-_BUILTIN = {s.name: s for s in (CAMVID11, CITYSCAPES19)}
+ROAD11 = LabelSet(
+    'road11',
+    ('sky', 'building', 'pole', 'road', 'sidewalk', 'vegetation', 'sign', 'fence', 'vehicle',
+     'pedestrian', 'cyclist'),
+    CAMVID11.colors,
+)
+"""The common set that models trained on different datasets are compared in: CamVid's 11 groups."""
+
+# Source class -> ROAD11 class, following how the SegNet 11-class CamVid split groups the 32
+# original CamVid classes (Wall into Building, TrafficLight into SignSymbol, Truck_Bus and Train
+# into Car, MotorcycleScooter into Bicyclist). Classes with no counterpart map to IGNORE_INDEX.
+_TO_ROAD11: dict[str, dict[str, str | None]] = {
+    'camvid11': {
+        'sky': 'sky', 'building': 'building', 'pole': 'pole', 'road': 'road', 'sidewalk': 'sidewalk',
+        'tree': 'vegetation', 'sign_symbol': 'sign', 'fence': 'fence', 'car': 'vehicle',
+        'pedestrian': 'pedestrian', 'bicyclist': 'cyclist',
+    },
+    'cityscapes19': {
+        'road': 'road', 'sidewalk': 'sidewalk', 'building': 'building', 'wall': 'building',
+        'fence': 'fence', 'pole': 'pole', 'traffic_light': 'sign', 'traffic_sign': 'sign',
+        'vegetation': 'vegetation', 'terrain': None, 'sky': 'sky', 'person': 'pedestrian',
+        'rider': 'cyclist', 'car': 'vehicle', 'truck': 'vehicle', 'bus': 'vehicle', 'train': 'vehicle',
+        'motorcycle': 'cyclist', 'bicycle': 'cyclist',
+    },
+    'road11': {name: name for name in ROAD11.names},
+}
+
+_BUILTIN = {s.name: s for s in (CAMVID11, CITYSCAPES19, ROAD11)}
 
 
 def get_label_set(name: str) -> LabelSet:
@@ -100,3 +128,32 @@ def get_label_set(name: str) -> LabelSet:
 
 def list_label_sets() -> list[str]:
     return sorted(_BUILTIN)
+
+
+def common_label_set(sets: list[LabelSet]) -> LabelSet:
+    """The set several label sets can be compared in: the set itself when all agree, else ROAD11."""
+    if all(s == sets[0] for s in sets):
+        return sets[0]
+    missing = [s.name for s in sets if s.name not in _TO_ROAD11 or _BUILTIN.get(s.name) != s]
+    if missing:
+        raise ValueError(f'no mapping to a common label set for {", ".join(missing)}; '
+                         f'mappings exist for {", ".join(sorted(_TO_ROAD11))}')
+    return ROAD11
+
+
+def mapping_table(source: LabelSet, target: LabelSet) -> np.ndarray:
+    """(256,) uint8 lookup: ``table[mask]`` maps a ``source`` mask into ``target`` indices.
+
+    Unmapped classes and ``IGNORE_INDEX`` map to ``IGNORE_INDEX``.
+    """
+    table = np.full(256, IGNORE_INDEX, np.uint8)
+    if source == target:
+        table[: source.num_classes] = np.arange(source.num_classes)
+        return table
+    if target != ROAD11 or source.name not in _TO_ROAD11 or _BUILTIN.get(source.name) != source:
+        raise ValueError(f'no mapping from label set {source.name!r} to {target.name!r}')
+    for index, name in enumerate(source.names):
+        common = _TO_ROAD11[source.name][name]
+        if common is not None:
+            table[index] = ROAD11.names.index(common)
+    return table

@@ -42,7 +42,8 @@ ArrayLike = torch.Tensor | np.ndarray
 
 def _as_label_tensor(values: ArrayLike, what: str) -> torch.Tensor:
     if isinstance(values, np.ndarray):
-        values = torch.from_numpy(np.ascontiguousarray(values))
+        # torch.from_numpy shares memory and warns about read-only arrays; those are copied.
+        values = torch.from_numpy(np.ascontiguousarray(values) if values.flags.writeable else values.copy())
     if not isinstance(values, torch.Tensor):
         raise TypeError(f'{what} must be a torch tensor or numpy array, got {type(values).__name__}')
     if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
@@ -60,6 +61,17 @@ def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 def _nanmean(values: np.ndarray) -> float:
     present = values[~np.isnan(values)]
     return float(present.mean()) if present.size else float('nan')
+
+
+def _tallies(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True positives, ground-truth totals and prediction totals per class from (C, C + 1) counts."""
+    matrix = counts[:, :-1]
+    return np.diag(matrix), counts.sum(1), matrix.sum(0)
+
+
+def _iou(counts: np.ndarray) -> np.ndarray:
+    tp, gt, predicted = _tallies(counts)
+    return _safe_ratio(tp, gt + predicted - tp)
 
 
 def _percent(value: float) -> float | None:
@@ -130,18 +142,9 @@ class ConfusionMatrix:
         """(C,) int64: ground-truth pixels per class whose prediction was not a class index."""
         return self._counts[:, self.num_classes].cpu().numpy()
 
-    def _stats(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """True positives, ground-truth totals and prediction totals per class."""
-        matrix = counts[:, :-1]
-        return np.diag(matrix), counts.sum(1), matrix.sum(0)
-
     def iou(self) -> np.ndarray:
         """(C,) IoU per class, nan where a class is in neither ground truth nor prediction."""
-        return self._iou(self._counts.cpu().numpy())
-
-    def _iou(self, counts: np.ndarray) -> np.ndarray:
-        tp, gt, predicted = self._stats(counts)
-        return _safe_ratio(tp, gt + predicted - tp)
+        return _iou(self._counts.cpu().numpy())
 
     def miou(self) -> float:
         """Mean IoU over the classes where it is defined, as a fraction (nan if none)."""
@@ -149,13 +152,13 @@ class ConfusionMatrix:
 
     def pixel_accuracy(self) -> float:
         """Correct pixels / counted pixels (nan before any pixel)."""
-        tp, gt, _ = self._stats(self._counts.cpu().numpy())
+        tp, gt, _ = _tallies(self._counts.cpu().numpy())
         total = gt.sum()
         return float(tp.sum() / total) if total else float('nan')
 
     def class_accuracy(self) -> np.ndarray:
         """(C,) recall per class, nan where a class has no ground-truth pixel."""
-        tp, gt, _ = self._stats(self._counts.cpu().numpy())
+        tp, gt, _ = _tallies(self._counts.cpu().numpy())
         return _safe_ratio(tp, gt)
 
     def mean_class_accuracy(self) -> float:
@@ -179,7 +182,7 @@ class ConfusionMatrix:
         counts = self._counts.cpu().numpy()
         merged = merge.T @ counts[:, :-1] @ merge
         merged_missed = merge.T @ counts[:, -1:]
-        return self._iou(np.concatenate([merged, merged_missed], axis=1))
+        return _iou(np.concatenate([merged, merged_missed], axis=1))
 
     def to_dict(self, class_names: Sequence[str]) -> dict:
         """Scores in percent for reports; an undefined score is None."""
@@ -187,7 +190,7 @@ class ConfusionMatrix:
             raise ValueError(f'{len(class_names)} class names for {self.num_classes} classes')
         return {
             'miou': _percent(self.miou()),
-            'per_class_iou': {name: _percent(v) for name, v in zip(class_names, self.iou())},
+            'per_class_iou': {name: _percent(v) for name, v in zip(class_names, self.iou(), strict=True)},
             'pixel_accuracy': _percent(self.pixel_accuracy()),
             'mean_class_accuracy': _percent(self.mean_class_accuracy()),
         }

@@ -13,9 +13,11 @@ os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
 os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
                       str(Path(__file__).resolve().parents[1] / 'config' / 'fastdds.xml'))
 
-import torch  # noqa: E402
+import torch
 
-torch.set_num_threads(2)
+# One thread: on a small shared machine torch oversubscribes the cores and slows by an order of
+# magnitude; the tests measure behaviour, not speed.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID_ROOT = REPO.parent / 'shared' / 'data' / 'camvid'
@@ -30,10 +32,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.getoption('--run-reliability'):
         return
     # Deselected rather than skipped: the default run is the quick suite, not a list of skips.
-    long_runs = [item for item in items if 'reliability' in item.keywords]
+    # By marker, not keyword: every test under test/reliability/ has the keyword 'reliability'.
+    long_runs = [item for item in items if item.get_closest_marker('reliability')]
     if long_runs:
         config.hook.pytest_deselected(items=long_runs)
-        items[:] = [item for item in items if 'reliability' not in item.keywords]
+        items[:] = [item for item in items if not item.get_closest_marker('reliability')]
 
 
 @pytest.fixture(scope='session')

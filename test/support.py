@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,6 +61,33 @@ def channel_checkpoint(path: Path, input_size: tuple[int, int] = (48, 64)) -> Pa
     return save_checkpoint(ckpt, path)
 
 
-def expected_channel_mask(rgb) -> 'torch.Tensor':
+def expected_channel_mask(rgb: np.ndarray) -> np.ndarray:
     """The exact mask ChannelArgmaxNet gives for an RGB uint8 image (ties go to the lower index)."""
     return torch.from_numpy(rgb).permute(2, 0, 1).float().argmax(dim=0).to(torch.uint8).numpy()
+
+
+def randomise_batchnorm(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics, so eval-mode comparisons are not of identity batch norms."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def output_shapes(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, **options) -> list[tuple]:
+    """(channels, height, width) of each layer's output (first item where a layer returns a tuple)."""
+    shapes = []
+
+    def record(module, inputs, output):
+        output = output[0] if isinstance(output, tuple) else output
+        shapes.append(tuple(output.shape[1:]))
+
+    handles = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(x, **options)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes

@@ -8,7 +8,13 @@ import pickle
 import pytest
 import torch
 
-from seg_ros.checkpoint import Checkpoint, CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
+from seg_ros.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_torch_save,
+    load_checkpoint,
+    save_checkpoint,
+)
 from seg_ros.labels import CAMVID11, LabelSet
 
 from .support import CHANNEL_LABELS, CHANNEL_NET, ChannelArgmaxNet, channel_checkpoint

@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ class DatasetError(ValueError):
     """A dataset that cannot be read as asked; the message names the file or folder and the reason."""
 
 
-def id_table(mapping: dict[int, int] | Sequence[int]) -> np.ndarray:
+def _lookup_table(mapping: dict[int, int] | Sequence[int]) -> np.ndarray:
     """Lookup table stored value -> train id (256 entries, ``_INVALID`` for unknown values).
 
     ``mapping`` is a dict or a sequence indexed by stored value; 255 always maps to ignore.
@@ -64,19 +66,23 @@ def _read(path: Path, flags: int, kind: str) -> np.ndarray:
 
 
 def _indices_from_colors(bgr: np.ndarray, colors: Sequence[tuple[int, int, int]], path: Path) -> np.ndarray:
-    """Index of each pixel's RGB colour in ``colors``; 256 (never a valid stored id) where none matches.
+    """Index of each pixel's RGB colour in ``colors``; a colour not among them is an error.
 
     Colour and palette label PNGs both land here: OpenCV expands palettes to colours on reading.
     """
-    codes_of = np.asarray([(r << 16) | (g << 8) | b for r, g, b in colors], np.int32)
-    if len(np.unique(codes_of)) != len(codes_of):
+    class_codes = np.asarray([(r << 16) | (g << 8) | b for r, g, b in colors], np.int32)
+    if len(np.unique(class_codes)) != len(class_codes):
         raise DatasetError(f'label {path}: is colour-coded but the class colours are not unique')
     bgr = bgr[..., :3].astype(np.int32)
     codes = (bgr[..., 2] << 16) | (bgr[..., 1] << 8) | bgr[..., 0]
-    order = np.argsort(codes_of)
-    position = np.searchsorted(codes_of[order], codes).clip(max=len(order) - 1)
-    indices = order[position]
-    indices[codes_of[indices] != codes] = 256
+    order = np.argsort(class_codes)
+    indices = order[np.searchsorted(class_codes[order], codes).clip(max=len(order) - 1)]
+    unknown = class_codes[indices] != codes
+    if unknown.any():
+        unknown_codes = np.unique(codes[unknown]).tolist()
+        shown = ', '.join(str((c >> 16, (c >> 8) & 255, c & 255)) for c in unknown_codes[:4])
+        more = ', ...' if len(unknown_codes) > 4 else ''
+        raise DatasetError(f'label {path}: has colours {shown}{more} that are no class colour')
     return indices
 
 
@@ -91,11 +97,11 @@ def _images_in(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[P
 
 def _require_dir(folder: Path, what: str) -> Path:
     if not folder.is_dir():
-        raise DatasetError(f'{what}: folder {folder} not found')
+        raise DatasetError(f'{what}: no folder {folder}')
     return folder
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(Dataset, ABC):
     """Base class: pairs files once (``find_files``) and decodes them on access.
 
     Subclasses set ``label_set`` and ``id_table`` (stored label value -> train id) and implement
@@ -116,8 +122,9 @@ class SegmentationDataset(Dataset):
         if not self.files:
             raise DatasetError(f'{self.name} split {split!r}: no images found under {self.root}')
 
+    @abstractmethod
     def find_files(self) -> list[tuple[Path, Path]]:
-        raise NotImplementedError
+        """(image, label) path pairs of ``self.split``."""
 
     def __len__(self) -> int:
         return len(self.files)
@@ -127,7 +134,7 @@ class SegmentationDataset(Dataset):
         image = self.read_image(image_path)
         label = self.read_label(label_path)
         if image.shape[:2] != label.shape:
-            raise DatasetError(size_mismatch(image_path, image, label_path, label))
+            raise DatasetError(_size_mismatch(image_path, image, label_path, label))
         if self.transform is not None:
             return self.transform(image, label)
         return image, label
@@ -137,7 +144,9 @@ class SegmentationDataset(Dataset):
 
     def read_image(self, path: Path) -> np.ndarray:
         """HxWx3 uint8 RGB."""
-        return cv2.cvtColor(_read(path, cv2.IMREAD_COLOR, 'image'), cv2.COLOR_BGR2RGB)
+        # The stored pixel grid, as the labels were drawn on it: no EXIF rotation.
+        bgr = _read(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION, 'image')
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def read_label(self, path: Path) -> np.ndarray:
         """HxW uint8 train ids, 255 = ignore."""
@@ -152,8 +161,8 @@ class SegmentationDataset(Dataset):
         if invalid.any():
             values = np.unique(stored_ids[invalid])
             shown = ', '.join(str(v) for v in values[:8]) + (', ...' if len(values) > 8 else '')
-            raise DatasetError(f'label {path}: values {shown} are neither a class of '
-                               f'{self.label_set.name} nor ignore ({len(values)} such values)')
+            raise DatasetError(f'label {path}: has values {shown} that are neither a class of '
+                               f'{self.label_set.name} nor ignore')
         return train_ids.astype(np.uint8)
 
     def stored_to_ids(self, stored: np.ndarray, path: Path) -> np.ndarray:
@@ -166,7 +175,7 @@ class SegmentationDataset(Dataset):
         return stored
 
 
-def size_mismatch(image_path: Path, image: np.ndarray, label_path: Path, label: np.ndarray) -> str:
+def _size_mismatch(image_path: Path, image: np.ndarray, label_path: Path, label: np.ndarray) -> str:
     return (f'label {label_path}: size {label.shape[1]}x{label.shape[0]} differs from image '
             f'{image_path} ({image.shape[1]}x{image.shape[0]})')
 
@@ -201,22 +210,26 @@ def build_dataset(name: str, root: str | os.PathLike, split: str,
     return cls(root, split, transform)
 
 
-def validate_dataset(dataset: SegmentationDataset) -> list[str]:
+def validate_dataset(dataset: SegmentationDataset, *, threads: int | None = None) -> list[str]:
     """Every problem found, one string per file: missing, unreadable, wrong size, unknown label values.
 
-    Decodes every image and label (a truncated or corrupt file only shows when decoded).
+    Decodes every image and label (a truncated or corrupt file only shows when decoded), on
+    ``threads`` threads (default: one per CPU, at most 8); OpenCV decodes without holding the GIL.
     """
-    problems = []
-    for image_path, label_path in dataset.files:
-        decoded = []
-        for read, path in ((dataset.read_image, image_path), (dataset.read_label, label_path)):
+
+    def check(pair: tuple[Path, Path]) -> list[str]:
+        problems, decoded = [], []
+        for read, path in zip((dataset.read_image, dataset.read_label), pair, strict=True):
             try:
                 decoded.append(read(path))
             except DatasetError as exc:
                 problems.append(str(exc))
         if len(decoded) == 2 and decoded[0].shape[:2] != decoded[1].shape:
-            problems.append(size_mismatch(image_path, decoded[0], label_path, decoded[1]))
-    return problems
+            problems.append(_size_mismatch(pair[0], decoded[0], pair[1], decoded[1]))
+        return problems
+
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        return [problem for problems in pool.map(check, dataset.files) for problem in problems]
 
 
 @register_dataset('camvid')
@@ -229,7 +242,7 @@ class CamVid(SegmentationDataset):
     """
 
     label_set = CAMVID11
-    id_table = id_table({**{i: i for i in range(11)}, 11: IGNORE_INDEX})
+    id_table = _lookup_table({**{i: i for i in range(11)}, 11: IGNORE_INDEX})
 
     def find_files(self) -> list[tuple[Path, Path]]:
         list_file = self.root / f'{self.split}.txt'
@@ -266,7 +279,7 @@ class Cityscapes(SegmentationDataset):
     """
 
     label_set = CITYSCAPES19
-    id_table = id_table({i: _CITYSCAPES_TRAIN_IDS.get(i, IGNORE_INDEX) for i in range(34)})
+    id_table = _lookup_table({i: _CITYSCAPES_TRAIN_IDS.get(i, IGNORE_INDEX) for i in range(34)})
 
     def find_files(self) -> list[tuple[Path, Path]]:
         image_dir = _require_dir(self.root / 'leftImg8bit' / self.split, f'cityscapes split {self.split!r}')
@@ -295,19 +308,19 @@ class BDD100K(SegmentationDataset):
     """
 
     label_set = CITYSCAPES19
-    id_table = id_table(range(19))
+    id_table = _lookup_table(range(19))
 
     def find_files(self) -> list[tuple[Path, Path]]:
+        where = f'bdd100k split {self.split!r}'
         current = self.root / 'images' / '10k' / self.split
         older = self.root / 'seg' / 'images' / self.split
         if current.is_dir():
-            label_dir = _require_dir(self.root / 'labels' / 'sem_seg' / 'masks' / self.split,
-                                     f'bdd100k split {self.split!r}')
+            label_dir = _require_dir(self.root / 'labels' / 'sem_seg' / 'masks' / self.split, where)
             return _pair(_images_in(current, ('.jpg',)), lambda image: label_dir / f'{image.stem}.png')
         if older.is_dir():
-            label_dir = _require_dir(self.root / 'seg' / 'labels' / self.split, f'bdd100k split {self.split!r}')
+            label_dir = _require_dir(self.root / 'seg' / 'labels' / self.split, where)
             return _pair(_images_in(older, ('.jpg',)), lambda image: label_dir / f'{image.stem}_train_id.png')
-        raise DatasetError(f'bdd100k split {self.split!r}: neither {current} nor {older} exists')
+        raise DatasetError(f'{where}: neither {current} nor {older} exists')
 
 
 def _snake_case(text: str) -> str:
@@ -344,6 +357,7 @@ _VISTAS_V12 = (
 _VISTAS_V12_STORED = [
     {'readable': name, 'color': color, 'evaluate': True} for name, color in _VISTAS_V12
 ] + [{'readable': 'Unlabeled', 'color': (0, 0, 0), 'evaluate': False}]
+_VISTAS_SPLIT_FOLDERS = {'train': 'training', 'val': 'validation'}
 
 
 @register_dataset('mapillary')
@@ -361,8 +375,6 @@ class MapillaryVistas(SegmentationDataset):
     are). Config entries with ``"evaluate": false`` are ignored; the others become classes 0..C-1.
     """
 
-    _SPLIT_FOLDERS = {'train': 'training', 'val': 'validation'}
-
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None) -> None:
         config = Path(root).expanduser() / 'config_v1.2.json'
         stored = self._read_config(config) if config.is_file() else _VISTAS_V12_STORED
@@ -372,7 +384,7 @@ class MapillaryVistas(SegmentationDataset):
                                   tuple(_snake_case(entry['readable']) for entry in evaluated),
                                   tuple(tuple(int(v) for v in entry['color']) for entry in evaluated))
         evaluate = np.array([entry.get('evaluate', True) for entry in stored], bool)
-        self.id_table = id_table(np.where(evaluate, np.cumsum(evaluate) - 1, IGNORE_INDEX).tolist())
+        self.id_table = _lookup_table(np.where(evaluate, np.cumsum(evaluate) - 1, IGNORE_INDEX).tolist())
         super().__init__(root, split, transform)
 
     @staticmethod
@@ -390,7 +402,7 @@ class MapillaryVistas(SegmentationDataset):
         return labels
 
     def find_files(self) -> list[tuple[Path, Path]]:
-        split_dir = self.root / self._SPLIT_FOLDERS.get(self.split, self.split)
+        split_dir = self.root / _VISTAS_SPLIT_FOLDERS.get(self.split, self.split)
         image_dir = _require_dir(split_dir / 'images', f'mapillary split {self.split!r}')
         label_dir = split_dir / 'v1.2' / 'labels'
         if not label_dir.is_dir():
@@ -425,7 +437,7 @@ class SynthiaRandCityscapes(SegmentationDataset):
     """
 
     label_set = CITYSCAPES19
-    id_table = id_table({i: _SYNTHIA_TRAIN_IDS.get(i, IGNORE_INDEX) for i in range(23)})
+    id_table = _lookup_table({i: _SYNTHIA_TRAIN_IDS.get(i, IGNORE_INDEX) for i in range(23)})
 
     def find_files(self) -> list[tuple[Path, Path]]:
         image_dir = _require_dir(self.root / 'RGB', 'synthia images')
@@ -478,15 +490,19 @@ class FolderDataset(SegmentationDataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None) -> None:
-        self.label_set = read_class_list(Path(root).expanduser())
-        self.id_table = id_table(range(self.label_set.num_classes))
+        self.label_set = read_class_list(_require_dir(Path(root).expanduser(), 'folder root'))
+        self.id_table = _lookup_table(range(self.label_set.num_classes))
         super().__init__(root, split, transform)
 
     def find_files(self) -> list[tuple[Path, Path]]:
         image_dir = _require_dir(self.root / 'images' / self.split, f'folder split {self.split!r}')
         label_dir = _require_dir(self.root / 'labels' / self.split, f'folder split {self.split!r}')
         labels = {p.stem: p for p in _images_in(label_dir)}
-        return _pair(_images_in(image_dir), lambda image: labels.get(image.stem, label_dir / f'{image.stem}.png'))
+
+        def label_for(image: Path) -> Path:
+            return labels.get(image.stem, label_dir / f'{image.stem}.png')
+
+        return _pair(_images_in(image_dir), label_for)
 
     def stored_to_ids(self, stored: np.ndarray, path: Path) -> np.ndarray:
         if stored.ndim == 3 and stored.shape[2] >= 3:
@@ -500,10 +516,10 @@ def read_class_list(root: Path) -> LabelSet:
     if yaml_path.is_file() and txt_path.is_file():
         raise DatasetError(f'folder dataset {root}: both classes.yaml and classes.txt exist; keep one')
     if yaml_path.is_file():
-        path, entries = yaml_path, _yaml_classes(yaml_path)
-        name = _yaml_name(yaml_path) or root.name
+        path = yaml_path
+        name, entries = _yaml_classes(yaml_path)
     elif txt_path.is_file():
-        path, entries, name = txt_path, _txt_classes(txt_path), root.name
+        path, name, entries = txt_path, None, _txt_classes(txt_path)
     else:
         raise DatasetError(f'folder dataset {root}: needs classes.yaml or classes.txt '
                            '(see seg_ros.data.datasets.FolderDataset for the format)')
@@ -511,30 +527,24 @@ def read_class_list(root: Path) -> LabelSet:
         raise DatasetError(f'{path}: lists no classes')
     fallback = LabelSet.generic(len(entries)).colors
     try:
-        return LabelSet(name, tuple(n for n, _ in entries),
+        return LabelSet(name or root.resolve().name, tuple(n for n, _ in entries),
                         tuple(c if c is not None else fallback[i] for i, (_, c) in enumerate(entries)))
     except ValueError as exc:
         raise DatasetError(f'{path}: {exc}') from None
 
 
-def _yaml_document(path: Path) -> dict:
+_ClassEntry = tuple[str, tuple[int, int, int] | None]
+
+
+def _yaml_classes(path: Path) -> tuple[str | None, list[_ClassEntry]]:
     try:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise DatasetError(f'{path}: unreadable ({exc})') from None
     if not isinstance(document, dict) or not isinstance(document.get('classes'), list):
         raise DatasetError(f'{path}: expected a mapping with a "classes" list')
-    return document
-
-
-def _yaml_name(path: Path) -> str | None:
-    name = _yaml_document(path).get('name')
-    return str(name) if name is not None else None
-
-
-def _yaml_classes(path: Path) -> list[tuple[str, tuple[int, int, int] | None]]:
     entries = []
-    for index, entry in enumerate(_yaml_document(path)['classes']):
+    for index, entry in enumerate(document['classes']):
         if isinstance(entry, str):
             entries.append((entry, None))
         elif isinstance(entry, dict) and 'name' in entry:
@@ -545,10 +555,11 @@ def _yaml_classes(path: Path) -> list[tuple[str, tuple[int, int, int] | None]]:
                 raise DatasetError(f'{path}: class {index} has colour {color!r}, not [R, G, B]') from None
         else:
             raise DatasetError(f'{path}: class {index} is {entry!r}, expected a name or {{name, color}}')
-    return entries
+    name = document.get('name')
+    return (None if name is None else str(name)), entries
 
 
-def _txt_classes(path: Path) -> list[tuple[str, tuple[int, int, int] | None]]:
+def _txt_classes(path: Path) -> list[_ClassEntry]:
     entries = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         fields = line.split('#', 1)[0].split()

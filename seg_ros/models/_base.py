@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,17 +39,21 @@ class SegmentationNet(nn.Module):
         height, width = x.shape[-2:]
         pad_h = (-height) % self.size_divisor
         pad_w = (-width) % self.size_divisor
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        out = self.forward_padded(x, **options)
-        if not (pad_h or pad_w):
-            return out
+        # A traced or exported graph pads and crops by the amounts computed from the shape, always,
+        # so that it serves every input size and not only the one it was traced at; eager calls skip
+        # the copy that a zero padding would cost.
+        symbolic = torch.jit.is_tracing() or torch.compiler.is_exporting()
+        if not (symbolic or pad_h or pad_w):
+            return self.forward_padded(x, **options)
+        padded = F.pad(x, (0, pad_w, 0, pad_h))
+        out = self.forward_padded(padded, **options)
 
         def crop(t: torch.Tensor) -> torch.Tensor:
             if t.dim() != 4:
                 return t
-            keep_h = math.ceil(height * t.shape[-2] / x.shape[-2])
-            keep_w = math.ceil(width * t.shape[-1] / x.shape[-1])
+            # ceil(height * t_height / padded_height) in integer arithmetic, which traces.
+            keep_h = (height * t.shape[-2] + padded.shape[-2] - 1) // padded.shape[-2]
+            keep_w = (width * t.shape[-1] + padded.shape[-1] - 1) // padded.shape[-1]
             return t[..., :keep_h, :keep_w]
 
         return tuple(crop(t) for t in out) if isinstance(out, tuple) else crop(out)

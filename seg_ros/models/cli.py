@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--width', type=int, default=480)
     args = parser.parse_args(argv)
 
-    print(f'| network | parameters ({args.num_classes} classes) | paper | output for 1x3x{args.height}x{args.width} |')
+    size = f'1x3x{args.height}x{args.width}'
+    print(f'| network | parameters ({args.num_classes} classes) | paper | output for {size} |')
     print('| --- | ---: | ---: | --- |')
     x = torch.rand(1, 3, args.height, args.width)
     for name in list_models():

@@ -35,6 +35,7 @@ __all__ = ['DownsamplingBottleneck', 'ENet', 'InitialBlock', 'RegularBottleneck'
 
 _BN_EPS = 1e-3
 
+# Activation factories take the channel count: PReLU learns one slope per channel, ReLU ignores it.
 Activation = Callable[[int], nn.Module]
 
 
@@ -207,5 +208,5 @@ class ENet(SegmentationNet):
 
 @register_model('enet')
 def enet(*, num_classes: int) -> ENet:
-    """ENet as in the paper (0.37 M parameters)."""
+    """ENet as in the paper: 363,791 parameters at 11 classes, 364,311 at 19 (the paper: 0.37 M)."""
     return ENet(num_classes)

@@ -16,7 +16,8 @@ def build_from_spec(what: str, table: Mapping[str, Callable[..., Any]], spec: Ma
     ``context`` holds values the caller supplies (``num_classes``, ``steps_per_epoch``, ...): each
     is passed only to factories that take it, a spec may not set it, and a None value counts as
     not supplied. An unknown name, an option the factory does not take, or a missing required
-    value is a ``ValueError`` that names the ``what`` and lists what is accepted.
+    value is a ``ValueError`` that names the ``what`` and lists what is accepted. A string given for
+    a ``float`` option is read as a number, since YAML 1.1 loads ``1e-4`` as the string '1e-4'.
     """
     if not isinstance(spec, Mapping) or 'name' not in spec:
         raise ValueError(f'{what} spec must be a mapping with a "name" key, got {spec!r}')
@@ -34,6 +35,12 @@ def build_from_spec(what: str, table: Mapping[str, Callable[..., Any]], spec: Ma
     if unknown:
         raise ValueError(f'{what} {name!r} does not take {", ".join(unknown)}; '
                          f'it takes: {", ".join(settable) or "no options"}')
+    for key, value in options.items():
+        if params[key].annotation in ('float', float) and isinstance(value, str):
+            try:
+                options[key] = float(value)
+            except ValueError:
+                raise ValueError(f'{what} {name!r}: {key} must be a number, got {value!r}') from None
     supplied = {k: v for k, v in context.items() if k in params and v is not None}
     missing = [k for k, p in params.items()
                if p.default is inspect.Parameter.empty and k not in options and k not in supplied]

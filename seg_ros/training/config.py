@@ -9,7 +9,7 @@ A recipe (``config/train/<network>_<dataset>.yaml``) writes out every hyper-para
     optimizer: optimiser spec (``seg_ros.training.schedules.build_optimizer``)
     scheduler: schedule spec (``seg_ros.training.schedules.build_scheduler``)
     train:     {epochs, batch_size, precision, channels_last, seed, deterministic, device,
-                val_every, log_every}
+                val_every, log_every, schedule_metric}
     eval:      {input_size, batch_size, flip, scales}
     output:    {dir}
     stages:    [{name, epochs, encoder_only, crop_size, batch_size, lr, data, augment, loss,
@@ -46,6 +46,7 @@ __all__ = ['PRECISIONS', 'RecipeError', 'Stage', 'apply_overrides', 'dump_recipe
            'load_recipe', 'recipe_dirs', 'resolve_stages', 'validate_recipe']
 
 PRECISIONS = ('fp32', 'fp16', 'bf16')
+SCHEDULE_METRICS = ('val_miou', 'train_loss')
 
 DEFAULTS: dict[str, Any] = {
     'model': {'name': None, 'options': {}},
@@ -76,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
         'device': 'auto',        # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
         'val_every': 1,          # epochs between validations (the last epoch of a stage always)
         'log_every': 50,         # iterations between JSON-lines records
+        'schedule_metric': 'val_miou',  # what plateau_halving watches: val_miou | train_loss
     },
     'eval': {
         'input_size': None,      # [height, width] the network sees; null: each image's own size
@@ -200,12 +202,13 @@ def _known_keys(parent: tuple[str, ...]) -> set[str] | None:
     return set(node) if isinstance(node, dict) else set()
 
 
-def _check_key(parent: tuple[str, ...], key: str, source: str) -> None:
+def _check_key(parent: tuple[str, ...], key: str, source: str, shown: Sequence[str] | None = None) -> None:
+    """A ``RecipeError`` naming ``shown`` (default: the path) unless ``parent`` may hold ``key``."""
     known = _known_keys(parent)
     if known is None or key in known:
         return
     hint = difflib.get_close_matches(key, sorted(known), n=1)
-    raise RecipeError(f'{source}: unknown key {_dotted((*parent, key))!r}'
+    raise RecipeError(f'{source}: unknown key {_dotted(shown or (*parent, key))!r}'
                       + (f' (did you mean {hint[0]!r}?)' if hint else '')
                       + f'; known here: {", ".join(sorted(known)) or "none"}')
 
@@ -248,7 +251,7 @@ def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[st
                 index: Any = int(part)
                 schema += ('*',)
             elif isinstance(node, dict):
-                _check_key(schema, part, source)
+                _check_key(schema, part, source, shown=parts[:depth + 1])
                 index = part
                 schema += (part,)
             else:
@@ -291,7 +294,8 @@ def _check_number(value: Any, key: str, *, minimum: float = 0.0) -> None:
 
 def _check_section_types(recipe: dict[str, Any]) -> None:
     for section, default in DEFAULTS.items():
-        if isinstance(default, dict) and not isinstance(recipe.get(section), dict):
+        # loss may also be a list of terms; _check_stage checks it
+        if section != 'loss' and isinstance(default, dict) and not isinstance(recipe.get(section), dict):
             raise _fail(section, f'needs a mapping, got {recipe.get(section)!r}')
     if not isinstance(recipe['model']['options'], dict):
         raise _fail('model.options', f'needs a mapping of options, got {recipe["model"]["options"]!r}')
@@ -342,6 +346,9 @@ def validate_recipe(recipe: dict[str, Any]) -> None:
     _check_int(train['seed'], 'train.seed', minimum=0)
     _check_int(train['val_every'], 'train.val_every', minimum=1)
     _check_int(train['log_every'], 'train.log_every', minimum=1)
+    if train['schedule_metric'] not in SCHEDULE_METRICS:
+        raise _fail('train.schedule_metric', f'needs one of {", ".join(SCHEDULE_METRICS)}, '
+                                             f'got {train["schedule_metric"]!r}')
     if not isinstance(train['device'], str):
         raise _fail('train.device', f'needs auto, cpu, cuda or cuda:N, got {train["device"]!r}')
     _check_size(evaluation['input_size'], 'eval.input_size', optional=True)

@@ -1,0 +1,1035 @@
+"""``seg-bench``: how fast the networks, the inference path and the node are, measured here.
+
+Sections (``--sections``; all by default), each printed as markdown tables, every figure saved
+with ``--json PATH``:
+
+- ``forward``: each network x resolution x precision x execution mode (``MODES``): median and p99
+  latency of a batch-1 forward, frames/s, the spread of repeated runs, parameters, GMACs/GFLOPs,
+  weights and peak memory, and for plain eager fp32 where its time goes (op shares).
+- ``messages``: the path around the network at camera sizes: message -> array, the Segmenter's
+  pre/post-processing, array -> message and publish of the mask and overlay.
+- ``node``: ``segment_node`` as a separate process over real DDS (Fast DDS profile
+  ``config/fastdds.xml``): cameras publish at a set rate, a subscriber receives the masks;
+  latency from each image's stamp to its mask's arrival, output rate, dropped frames, CPU use,
+  and the ratio of end-to-end latency to the bare forward at the same settings.
+- ``overload``: frames at twice the node's capacity: latency, drops and memory over time.
+- ``training``: training images/s, fp32 against mixed precision, with and without channels_last.
+
+Then the targets of the project, met or missed by how much, from the figures above.
+
+Timing: warm-up calls first; on CUDA the device is synchronised around every timed call; inputs
+rotate through several random tensors. Frames/s is 1000 / median latency x batch (sequential
+batch-1 inference, as the papers time it). GFLOPs counts a multiply-add as 2 FLOPs
+(``torch.utils.flop_counter``); GMACs (= GFLOPs / 2) is what the papers call GFLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import __version__
+from .checkpoint import Checkpoint, save_checkpoint
+from .export import format_resolution, parse_resolution
+from .fastpath import build_forward, latencies_ms, prepare_model
+from .inference import Segmenter, resolve_device, resolve_precision
+from .labels import CAMVID11
+from .models import build_model, count_parameters, list_models
+
+__all__ = ['MODES', 'PAPER_FIGURES', 'Mode', 'PaperFigure', 'main', 'run_benchmark']
+
+SECTIONS = ('forward', 'messages', 'node', 'overload', 'training')
+RESOLUTIONS = ((320, 480), (360, 640), (512, 1024), (720, 1280), (1080, 1920), (1024, 2048))
+NODE_RESOLUTIONS = ((360, 640), (720, 1280))
+MIB = 2 ** 20
+
+
+# -- the papers' figures -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PaperFigure:
+    """A forward time a paper reports (batch 1)."""
+
+    network: str
+    source: str
+    hardware: str
+    size: tuple[int, int]  # (height, width)
+    ms: float
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.ms
+
+
+_TX1, _TITAN_X, _GTX_1080TI = 'Jetson TX1 (GPU)', 'Titan X Maxwell (GPU)', 'GTX 1080Ti (GPU)'
+_XEON = 'Xeon E5-2623 v4, 8 cores / 16 threads (CPU)'
+_ERFNET_TABLE, _DSNET_TABLE, _SEGFAST_TABLE = 'ERFNet Table IV', 'DSNet Table 8', 'SegFast Table 4'
+PAPER_FIGURES: tuple[PaperFigure, ...] = (
+    # ERFNet paper (papers/001), Table IV: forward pass; ENet's row is from its own paper.
+    *(PaperFigure(net, _ERFNET_TABLE, _TX1, size, ms) for net, size, ms in (
+        ('enet', (320, 480), 47), ('enet', (360, 640), 69), ('enet', (720, 1280), 262),
+        ('erfnet', (320, 480), 93), ('erfnet', (360, 640), 141), ('erfnet', (720, 1280), 535))),
+    *(PaperFigure(net, _ERFNET_TABLE, _TITAN_X, size, ms) for net, size, ms in (
+        ('enet', (360, 640), 7), ('enet', (720, 1280), 21), ('enet', (1080, 1920), 46),
+        ('erfnet', (360, 640), 12), ('erfnet', (720, 1280), 41), ('erfnet', (1080, 1920), 88))),
+    # The same paper's text: 24 ms at 1024x512 on the Titan X.
+    PaperFigure('erfnet', 'ERFNet section IV-B', _TITAN_X, (512, 1024), 24),
+    # DSNet paper (papers/002), Table 8: ENet and ERFNet re-implemented in tensorpack.
+    *(PaperFigure(net, _DSNET_TABLE, _GTX_1080TI, size, ms) for net, size, ms in (
+        ('enet', (360, 640), 11.1), ('enet', (720, 1280), 57.8), ('enet', (1080, 1920), 126.6),
+        ('erfnet', (360, 640), 12.5), ('erfnet', (720, 1280), 74.3), ('erfnet', (1080, 1920), 165.2),
+        ('dsnet', (360, 640), 9.9), ('dsnet', (720, 1280), 49.8), ('dsnet', (1080, 1920), 102.0))),
+    # SegFast paper (papers/003), Table 4: forward pass in seconds on a CPU, 224x224 inputs.
+    PaperFigure('segfast', _SEGFAST_TABLE, _XEON, (224, 224), 389),
+    PaperFigure('segfast_basic', _SEGFAST_TABLE, _XEON, (224, 224), 419),
+)
+
+
+# -- execution modes -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mode:
+    """How the network runs: each mode after ``eager`` is the Segmenter's fast path, or part of it."""
+
+    name: str
+    description: str
+    fold_bn: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graph: bool = False
+    backend: str = 'torch'
+
+    def unavailable(self, device: torch.device, precision: str) -> str | None:
+        """Why this mode cannot run on ``device`` at ``precision``, or None."""
+        if self.cuda_graph and device.type != 'cuda':
+            return 'CUDA graphs need a CUDA device'
+        if self.backend == 'onnxruntime' and (device.type != 'cpu' or precision != 'fp32'):
+            return 'the ONNX Runtime backend runs fp32 on a CPU'
+        return None
+
+
+MODES: dict[str, Mode] = {mode.name: mode for mode in (
+    Mode('eager', 'plain PyTorch: batch-norm layers kept, NCHW', fold_bn=False),
+    Mode('folded', 'batch-norm folded into the convolutions, NCHW'),
+    Mode('channels_last', 'folded, NHWC (channels_last)', channels_last=True),
+    Mode('compile', 'folded, NHWC, torch.compile (inductor)', channels_last=True, compile=True),
+    Mode('cuda_graph', 'folded, NHWC, replay of one captured CUDA graph', channels_last=True,
+         cuda_graph=True),
+    Mode('compile_cuda_graph', 'folded, NHWC, torch.compile inside a CUDA graph', channels_last=True,
+         compile=True, cuda_graph=True),
+    Mode('onnxruntime', 'folded, ONNX Runtime CPU execution provider (NCHW)', backend='onnxruntime'),
+)}
+DEFAULT_MODES = {'cpu': ('eager', 'folded', 'channels_last', 'onnxruntime'),
+                 'cuda': ('eager', 'folded', 'channels_last', 'cuda_graph')}
+DEFAULT_PRECISIONS = {'cpu': ('fp32',), 'cuda': ('fp32', 'fp16', 'bf16')}
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+def _summary(times_ms: np.ndarray) -> dict[str, float]:
+    return {'p50_ms': float(np.median(times_ms)), 'p99_ms': float(np.percentile(times_ms, 99)),
+            'max_ms': float(times_ms.max())}
+
+
+def _load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return '-'
+    if isinstance(value, bool):
+        return 'yes' if value else 'no'
+    if isinstance(value, float):
+        return f'{value:.{digits}g}' if abs(value) < 10 ** digits else f'{value:.0f}'
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> str:
+    """Rows as a markdown table of ``columns`` (key -> heading)."""
+    lines = ['| ' + ' | '.join(columns.values()) + ' |', '|' + ' --- |' * len(columns)]
+    lines += ['| ' + ' | '.join(_fmt(row.get(key)) for key in columns) + ' |' for row in rows]
+    return '\n'.join(lines)
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {
+        'seg_ros': __version__, 'torch': torch.__version__, 'python': platform.python_version(),
+        'platform': platform.platform(), 'cpu': _cpu_name(), 'cpu_cores': os.cpu_count(),
+        'torch_threads': torch.get_num_threads(), 'device': str(device),
+        'load_average_1_5_15': [round(v, 2) for v in os.getloadavg()],
+    }
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+        info['onnxruntime'] = onnxruntime.__version__
+    if device.type == 'cuda':
+        properties = torch.cuda.get_device_properties(device)
+        info.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2 ** 30, 1),
+                    cuda_runtime=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    gpu_driver=_nvidia_driver())
+    return info
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    return platform.processor() or 'unknown'
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        result = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
+                                capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else None
+
+
+def random_checkpoint(network: str, size: tuple[int, int], folder: Path, seed: int = 0) -> Path:
+    """A checkpoint of ``network`` with random weights (speed does not depend on the weights)."""
+    torch.manual_seed(seed)
+    model = build_model(network, num_classes=CAMVID11.num_classes)
+    return save_checkpoint(Checkpoint.from_model(model, network, CAMVID11, input_size=size,
+                                                 meta={'purpose': 'seg-bench, random weights'}),
+                           folder / f'{network}_{size[1]}x{size[0]}.pt')
+
+
+# -- forward ---------------------------------------------------------------------------------------
+
+def count_flops(model: nn.Module, size: tuple[int, int]) -> int:
+    """FLOPs of one batch-1 forward at ``size`` (a multiply-add = 2), counted on the meta device."""
+    meta = copy.deepcopy(model).to('meta')
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta(torch.empty(1, 3, *size, device='meta'))
+    return int(counter.get_total_flops())
+
+
+def peak_forward_memory_mib(forward: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
+    """Peak of the tensors one ``forward(x)`` allocates (activations and output), in MiB.
+
+    On a CPU PyTorch keeps no allocator statistics; the profiler's allocation events are summed
+    in order instead. On CUDA it is the allocator's peak above what was allocated before.
+    """
+    if x.device.type == 'cuda':
+        torch.cuda.synchronize(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        before = torch.cuda.memory_allocated(x.device)
+        forward(x)
+        torch.cuda.synchronize(x.device)
+        return (torch.cuda.max_memory_allocated(x.device) - before) / MIB
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        forward(x)
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'),
+                    key=lambda e: e.start_ns())
+    running = peak = 0
+    for event in events:
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak / MIB
+
+
+_OP_GROUPS = (('convolution', ('conv',)), ('batch_norm', ('batch_norm',)),
+              ('activation', ('relu', 'prelu', 'elu', 'sigmoid', 'hardtanh', 'clamp')),
+              ('pooling/unpooling', ('pool', 'scatter', 'unpool')),
+              ('elementwise/copy', ('add', 'mul', 'copy', 'cat', 'pad', 'slice', 'fill', 'clone',
+                                    'contiguous')))
+
+
+def op_shares(forward: Callable[[torch.Tensor], Any], x: torch.Tensor) -> dict[str, float]:
+    """Share of one forward's self time per kind of operation (profiled once)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        forward(x)
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        if not event.key.startswith('aten::'):
+            continue
+        name = event.key.removeprefix('aten::')
+        group = next((g for g, keys in _OP_GROUPS if any(k in name for k in keys)), 'other')
+        spent = event.self_device_time_total if x.device.type == 'cuda' else event.self_cpu_time_total
+        totals[group] = totals.get(group, 0.0) + spent
+    total = sum(totals.values()) or 1.0
+    return {group: round(100.0 * spent / total, 1) for group, spent in sorted(totals.items())}
+
+
+@dataclass
+class _Candidate:
+    """One precision and mode of a network at one size, ready to time."""
+
+    precision: str
+    mode: Mode
+    backend: str
+    model: nn.Module
+    forward: Callable[[torch.Tensor], Any]
+    inputs: list[torch.Tensor]
+    runs: list[np.ndarray]
+
+
+def bench_forward(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], list[dict]]:
+    """Forward rows, and the combinations skipped with the reason.
+
+    The repeats of all precisions and modes of one network and size are interleaved, so that a
+    change in the machine's load falls on all of them alike.
+    """
+    rows, skipped = [], []
+    for network in args.networks:
+        torch.manual_seed(args.seed)
+        plain = build_model(network, num_classes=args.num_classes).eval()
+        for size in args.resolutions:
+            candidates = []
+            for precision in args.precisions:
+                used, _ = resolve_precision(precision, device)
+                for mode in (MODES[name] for name in args.modes):
+                    reason = mode.unavailable(device, precision)
+                    if used != precision:
+                        reason = f'{precision} has no native support on this {device.type}'
+                    if reason:
+                        skipped.append({'network': network, 'resolution': format_resolution(size),
+                                        'precision': precision, 'mode': mode.name, 'reason': reason})
+                    else:
+                        candidates.append(_candidate(args, plain, size, precision, mode, device))
+            load = _load_average()
+            with torch.inference_mode():
+                for repeat in range(args.repeats):
+                    for candidate in candidates:
+                        candidate.runs.append(latencies_ms(
+                            candidate.forward, candidate.inputs, iterations=args.iterations,
+                            warmup=args.warmup if repeat == 0 else 0))
+            flops = count_flops(plain, size)
+            for candidate in candidates:
+                row = _forward_row(args, candidate, size, device)
+                row.update(network=network, params=count_parameters(plain), gflops=flops / 1e9,
+                           gmacs=flops / 2e9, load_average=load)
+                rows.append(row)
+                print(f'  forward {network} {row["resolution"]} {row["precision"]} {row["mode"]}: '
+                      f'{row["p50_ms"]:.2f} ms', file=sys.stderr, flush=True)
+            del candidates
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+    return rows, skipped
+
+
+def _candidate(args: argparse.Namespace, plain: nn.Module, size: tuple[int, int], precision: str, mode: Mode,
+               device: torch.device) -> _Candidate:
+    model = prepare_model(copy.deepcopy(plain), device=device, precision=precision,
+                          channels_last=mode.channels_last, fold_bn=mode.fold_bn)
+    memory_format = torch.channels_last if mode.channels_last else torch.contiguous_format
+    generator = torch.Generator().manual_seed(args.seed)
+    inputs = [torch.randn(args.batch, 3, *size, generator=generator).to(
+        device=device, dtype=model_dtype(model), memory_format=memory_format) for _ in range(args.rotate)]
+    backend, forward, _ = build_forward(model, inputs[0], backend=mode.backend, compile=mode.compile,
+                                        cuda_graph=mode.cuda_graph)
+    return _Candidate(precision, mode, backend, model, forward, inputs, runs=[])
+
+
+def _forward_row(args: argparse.Namespace, candidate: _Candidate, size: tuple[int, int],
+                 device: torch.device) -> dict[str, Any]:
+    forward, example = candidate.forward, candidate.inputs[0]
+    with torch.inference_mode():
+        peak = None if candidate.backend == 'onnxruntime' else peak_forward_memory_mib(forward, example)
+        profile = candidate.mode.name == 'eager' and candidate.precision == 'fp32' and args.op_shares
+        shares = op_shares(forward, example) if profile else None
+    times = np.concatenate(candidate.runs)
+    medians = [float(np.median(run)) for run in candidate.runs]
+    summary = _summary(times)
+    weights = sum(t.numel() * t.element_size() for t in [*candidate.model.parameters(), *candidate.model.buffers()])
+    return {
+        'resolution': format_resolution(size), 'height': size[0], 'width': size[1], 'batch': args.batch,
+        'precision': candidate.precision, 'mode': candidate.mode.name, 'backend': candidate.backend, **summary,
+        'fps': 1000.0 * args.batch / summary['p50_ms'], 'repeat_p50_ms': medians,
+        'spread_pct': 100.0 * (max(medians) - min(medians)) / summary['p50_ms'],
+        'iterations': int(times.size), 'weights_mib': weights / MIB, 'peak_activation_mib': peak,
+        'op_shares_pct': shares,
+    }
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def speedups(rows: Sequence[dict]) -> list[dict]:
+    """Per network, resolution and precision: the fastest mode against plain eager fp32."""
+    eager = {(r['network'], r['resolution']): r['p50_ms'] for r in rows
+             if r['mode'] == 'eager' and r['precision'] == 'fp32'}
+    best: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row['network'], row['resolution'])
+        if row['mode'] == 'eager' or key not in eager:
+            continue
+        if key not in best or row['p50_ms'] < best[key]['p50_ms']:
+            best[key] = row
+    return [{'network': key[0], 'resolution': key[1], 'eager_fp32_ms': eager[key], 'best_mode': row['mode'],
+             'best_precision': row['precision'], 'best_ms': row['p50_ms'],
+             'speedup': eager[key] / row['p50_ms']} for key, row in best.items()]
+
+
+# -- messages and the path around the network -------------------------------------------------------
+
+def bench_messages(args: argparse.Namespace, device: torch.device, folder: Path) -> list[dict]:
+    """Per node resolution: conversions, the Segmenter's pre/post-processing, publishing (ENet)."""
+    import rclpy
+    from sensor_msgs.msg import Image
+
+    from .synthetic import SyntheticRoadScene
+
+    rows = []
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node('seg_bench_messages', context=context)
+        # A subscriber, so that publishing does all its work (a publisher without one may skip it).
+        publisher = node.create_publisher(Image, 'seg_bench/messages', 1)
+        node.create_subscription(Image, 'seg_bench/messages', lambda _msg: None, 1)
+        for size in args.node_resolutions:
+            image, _ = SyntheticRoadScene(width=size[1], height=size[0]).frame(0.0)
+            segmenter = Segmenter(random_checkpoint(args.node_networks[0], size, folder), device=str(device),
+                                  precision=args.node_precision)
+            steps = _message_steps(segmenter, image, publisher)
+            for step, call in steps.items():
+                times = _time_calls(call, device, iterations=args.message_iterations)
+                rows.append({'resolution': format_resolution(size), 'step': step, **_summary(times),
+                             'load_average': _load_average()})
+    finally:
+        rclpy.try_shutdown(context=context)
+    return rows
+
+
+def _message_steps(segmenter: Segmenter, image: np.ndarray, publisher: Any) -> dict[str, Callable[[], Any]]:
+    """The steps of a frame's way through the node besides DDS, each as a call to time."""
+    from .ros.conversions import array_to_image, image_to_array
+
+    batch = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(segmenter.device)
+    msg = array_to_image(image, 'rgb8')
+    result = segmenter.segment(image, outputs={'color_mask', 'overlay'})
+    mask_msg, overlay_msg = array_to_image(result.mask, 'mono8'), array_to_image(result.overlay, 'rgb8')
+    return {
+        'camera Image -> array (image_to_array: a view)': lambda: image_to_array(msg),
+        'network forward (Segmenter.forward)': lambda: segmenter.forward(batch),
+        'segment, mask only (upload, forward, argmax, stats)':
+            lambda: segmenter.segment(image, outputs=set()),
+        'segment, mask + color_mask + overlay':
+            lambda: segmenter.segment(image, outputs={'color_mask', 'overlay'}),
+        'mask -> Image (array_to_image mono8)': lambda: array_to_image(result.mask, 'mono8'),
+        'overlay -> Image (array_to_image rgb8)': lambda: array_to_image(result.overlay, 'rgb8'),
+        'publish mask': lambda: publisher.publish(mask_msg),
+        'publish overlay': lambda: publisher.publish(overlay_msg),
+    }
+
+
+def _time_calls(call: Callable[[], Any], device: torch.device, iterations: int) -> np.ndarray:
+    call()
+    times = np.empty(iterations)
+    for index in range(iterations):
+        _synchronize(device)
+        start = time.perf_counter()
+        call()
+        _synchronize(device)
+        times[index] = (time.perf_counter() - start) * 1e3
+    return times
+
+
+# -- the node over DDS -------------------------------------------------------------------------------
+
+def _fastdds_profile() -> str | None:
+    from .paths import share_dirs
+
+    for directory in share_dirs():
+        if (directory / 'config' / 'fastdds.xml').is_file():
+            return str(directory / 'config' / 'fastdds.xml')
+    return None
+
+
+@contextlib.contextmanager
+def node_process(checkpoint: Path, network: str, topics: Sequence[str], *, device: str, precision: str,
+                 size: tuple[int, int], threads: int | None, log_path: Path) -> Iterator[subprocess.Popen]:
+    """``segment_node`` in its own process, stopped with SIGINT (as ros2 run would) on exit."""
+    parameters = {'model': network, 'weights': str(checkpoint), 'image_topics': f'[{",".join(topics)}]',
+                  'device': device, 'precision': precision, 'input_height': size[0], 'input_width': size[1]}
+    command = [sys.executable, '-c', 'import sys; from seg_ros.ros.node import main; sys.exit(main())',
+               '--ros-args', *(arg for key, value in parameters.items() for arg in ('-p', f'{key}:={value}'))]
+    env = dict(os.environ)
+    if threads:
+        env['OMP_NUM_THREADS'] = str(threads)
+    with open(log_path, 'w') as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+class _Rig:
+    """The cameras and the mask subscriber, in this process: publishes frames, records arrivals."""
+
+    def __init__(self, context: Any, topics: Sequence[str], frames: Sequence[Sequence[np.ndarray]]) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        from .outputs import output_prefix
+        from .ros.conversions import array_to_image
+        from .ros.qos import LATCHED
+
+        self.node = node = rclpy.create_node('seg_bench_rig', context=context)
+        camera_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.publishers = [node.create_publisher(Image, topic, camera_qos) for topic in topics]
+        self.frames = [[array_to_image(frame, 'rgb8') for frame in camera] for camera in frames]
+        self.lock = threading.Lock()
+        self.arrivals: list[dict[int, int]] = [{} for _ in topics]  # stamp ns -> arrival ns
+        self.ready = [False] * len(topics)
+        self.diagnostics: dict[str, dict[str, str]] = {}
+        for index, topic in enumerate(topics):
+            prefix = output_prefix(topic, 'segmentation')
+            node.create_subscription(Image, f'{prefix}/mask', self._on_mask(index), 10)
+            node.create_subscription(String, f'{prefix}/class_info', self._on_ready(index), LATCHED)
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        self.executor.add_node(node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_mask(self, index: int) -> Callable[[Any], None]:
+        def callback(msg: Any) -> None:
+            arrival = self.node.get_clock().now().nanoseconds
+            stamp = msg.header.stamp.sec * 10 ** 9 + msg.header.stamp.nanosec
+            with self.lock:
+                self.arrivals[index][stamp] = arrival
+        return callback
+
+    def _on_ready(self, index: int) -> Callable[[Any], None]:
+        def callback(_msg: Any) -> None:
+            self.ready[index] = True
+        return callback
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        with self.lock:
+            for status in msg.status:
+                self.diagnostics[status.hardware_id] = {kv.key: kv.value for kv in status.values}
+
+    def publish_for(self, rate_hz: float, seconds: float) -> list[list[int]]:
+        """Every camera publishes its next frame (stamped now) at ``rate_hz`` for ``seconds``."""
+        stamps: list[list[int]] = [[] for _ in self.publishers]
+        period = 1.0 / rate_hz
+        start = next_tick = time.perf_counter()
+        count = 0
+        while next_tick - start < seconds:
+            for index, publisher in enumerate(self.publishers):
+                msg = self.frames[index][count % len(self.frames[index])]
+                now = self.node.get_clock().now()
+                msg.header.stamp = now.to_msg()
+                publisher.publish(msg)
+                stamps[index].append(now.nanoseconds)
+            count += 1
+            next_tick += period
+            time.sleep(max(0.0, next_tick - time.perf_counter()))
+        return stamps
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen,
+          log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise RuntimeError(f'segment_node exited with {process.returncode} while waiting for {what}:\n'
+                               + log_path.read_text()[-2000:])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f'timed out after {timeout:.0f} s waiting for {what}; node log:\n'
+                               + log_path.read_text()[-2000:])
+        time.sleep(0.05)
+
+
+def run_node(args: argparse.Namespace, checkpoint: Path, network: str, size: tuple[int, int], cameras: int,
+             rate_hz: float, seconds: float, folder: Path, sample_memory: bool = False) -> dict[str, Any]:
+    """One end-to-end run of segment_node; latencies, rates, drops, CPU and memory."""
+    import psutil
+    import rclpy
+
+    from .synthetic import SyntheticRoadScene
+
+    topics = [f'/seg_bench/cam{index}/image_raw' for index in range(cameras)]
+    frames = [[SyntheticRoadScene(width=size[1], height=size[0], seed=index).frame(t)[0]
+               for t in (0.0, 0.5, 1.0, 1.5)] for index in range(cameras)]
+    log_path = folder / f'node_{network}_{cameras}x{format_resolution(size)}.log'
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    rig = _Rig(context, topics, frames)
+    try:
+        with node_process(checkpoint, network, topics, device=args.node_device, precision=args.node_precision,
+                          size=size, threads=args.threads, log_path=log_path) as process:
+            _wait(lambda: all(rig.ready), args.node_start_timeout, 'the node to start', process, log_path)
+            node_ps, own_ps = psutil.Process(process.pid), psutil.Process()
+            rig.publish_for(rate_hz, args.node_settle)  # discovery, first frames, allocator
+            dropped_before = _node_drops(rig, topics, process, log_path)
+            memory: list[tuple[float, float]] = []
+            sampler = _MemorySampler(node_ps, memory) if sample_memory else None
+            cpu_before = (node_ps.cpu_times(), own_ps.cpu_times(), time.perf_counter())
+            stamps = rig.publish_for(rate_hz, seconds)
+            cpu_after = (node_ps.cpu_times(), own_ps.cpu_times(), time.perf_counter())
+            last = [camera[-1] for camera in stamps]
+            with contextlib.suppress(RuntimeError):  # a frame dropped at the end never arrives
+                _wait(lambda: all(s in rig.arrivals[i] for i, s in enumerate(last)),
+                      max(2.0, 0.2 * seconds), 'the last masks', process, log_path)
+            if sampler is not None:
+                sampler.stop()
+            node_dropped = _node_drops(rig, topics, process, log_path) - dropped_before
+    finally:
+        rig.close()
+        rclpy.try_shutdown(context=context)
+    wall = cpu_after[2] - cpu_before[2]
+    latencies, received = [], 0
+    with rig.lock:
+        for camera, published in zip(rig.arrivals, stamps, strict=True):
+            arrived = [camera[s] - s for s in published if s in camera]
+            received += len(arrived)
+            latencies += arrived
+    published_total = sum(len(s) for s in stamps)
+    times = np.asarray(latencies, np.float64) / 1e6
+    row: dict[str, Any] = {
+        'network': network, 'resolution': format_resolution(size), 'cameras': cameras, 'rate_hz': rate_hz,
+        'seconds': seconds, 'published': published_total, 'received': received,
+        'dropped': published_total - received, 'node_dropped': node_dropped,
+        'output_rate_hz': received / cameras / wall,
+        'node_cpu_cores': _cpu_seconds(cpu_before[0], cpu_after[0]) / wall,
+        'rig_cpu_cores': _cpu_seconds(cpu_before[1], cpu_after[1]) / wall,
+        'load_average': _load_average(),
+        **({'latency_' + k: v for k, v in _summary(times).items()} if times.size else {}),
+    }
+    if sample_memory:
+        row['memory_mib'] = memory
+    return row
+
+
+def _node_drops(rig: _Rig, topics: Sequence[str], process: subprocess.Popen, log_path: Path) -> int:
+    """The node's own count of dropped frames, from a diagnostics message published after now."""
+    with rig.lock:
+        rig.diagnostics.clear()
+    _wait(lambda: all(topic in rig.diagnostics for topic in topics), 10.0, 'fresh diagnostics', process,
+          log_path)
+    with rig.lock:
+        return sum(int(rig.diagnostics[topic]['dropped frames']) for topic in topics)
+
+
+def _cpu_seconds(before: Any, after: Any) -> float:
+    return (after.user - before.user) + (after.system - before.system)
+
+
+class _MemorySampler:
+    """Resident memory of a process every half second, as (seconds, MiB)."""
+
+    def __init__(self, process: Any, samples: list[tuple[float, float]], period: float = 0.5) -> None:
+        self.process, self.samples, self.period = process, samples, period
+        self._stop = threading.Event()
+        self._start = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((round(time.perf_counter() - self._start, 2),
+                                 round(self.process.memory_info().rss / MIB, 1)))
+            self._stop.wait(self.period)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _BareForward:
+    """The forward of the Segmenter the node builds (same checkpoint and settings), timed here.
+
+    ``measure`` is called before and after a node run, so the samples see the machine's load of
+    both times; the median of all of them is the forward the node is compared with.
+    """
+
+    def __init__(self, args: argparse.Namespace, checkpoint: Path, size: tuple[int, int], batch: int) -> None:
+        self.segmenter = Segmenter(checkpoint, device=args.node_device, precision=args.node_precision,
+                                   warmup=False)
+        self.frames = torch.rand(batch, 3, *size, device=self.segmenter.device) * 255
+        self.iterations = args.node_forward_iterations
+        self.samples: list[float] = []
+
+    def measure(self) -> dict[str, float]:
+        """Median and p99 (ms) of all samples so far, after taking more."""
+        self.samples += latencies_ms(self.segmenter.forward, [self.frames], iterations=self.iterations,
+                                     warmup=1).tolist()
+        return {'forward_p50_ms': float(np.median(self.samples)),
+                'forward_p99_ms': float(np.percentile(self.samples, 99))}
+
+
+def bench_node(args: argparse.Namespace, folder: Path) -> list[dict]:
+    """End-to-end runs at half the measured capacity (or ``--node-rate``)."""
+    rows = []
+    for network in args.node_networks:
+        for size in args.node_resolutions:
+            checkpoint = random_checkpoint(network, size, folder)
+            for cameras in args.node_cameras:
+                bare = _BareForward(args, checkpoint, size, cameras)
+                capacity_hz = 1000.0 / bare.measure()['forward_p50_ms']  # batches/s: a frame per camera
+                rate = args.node_rate or min(30.0, 0.5 * capacity_hz)
+                row = run_node(args, checkpoint, network, size, cameras, rate, args.node_seconds, folder)
+                row.update(bare.measure(), forward_batch=cameras)
+                forward_ms = row['forward_p50_ms']
+                if 'latency_p50_ms' in row:
+                    row['e2e_over_forward'] = row['latency_p50_ms'] / forward_ms
+                    row['overhead_ms'] = row['latency_p50_ms'] - forward_ms
+                rows.append(row)
+                print(f'  node {network} {cameras} x {format_resolution(size)} at {rate:.1f} Hz: '
+                      f'p50 {row.get("latency_p50_ms", float("nan")):.1f} ms', file=sys.stderr, flush=True)
+    return rows
+
+
+def bench_overload(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """One camera at twice the capacity the bare forward allows, with the node's memory sampled."""
+    network, size = args.node_networks[0], args.overload_resolution
+    checkpoint = random_checkpoint(network, size, folder)
+    bare = _BareForward(args, checkpoint, size, 1)
+    rate = 2.0 * 1000.0 / bare.measure()['forward_p50_ms']
+    row = run_node(args, checkpoint, network, size, 1, rate, args.overload_seconds, folder,
+                   sample_memory=True)
+    row.update(bare.measure())
+    # The node's real capacity is what it delivered while saturated.
+    row['input_over_output_rate'] = rate / row['output_rate_hz'] if row['output_rate_hz'] else None
+    memory = np.asarray(row['memory_mib'], np.float64).reshape(-1, 2)
+    if memory.shape[0] >= 2:
+        slope = float(np.polyfit(memory[:, 0], memory[:, 1], 1)[0]) * 60.0
+        row.update(rss_start_mib=float(memory[0, 1]), rss_end_mib=float(memory[-1, 1]),
+                   rss_max_mib=float(memory[:, 1].max()), rss_slope_mib_per_min=slope)
+    if 'latency_p50_ms' in row:
+        row['p99_over_p50'] = row['latency_p99_ms'] / row['latency_p50_ms']
+        row['latency_bounded'] = row['p99_over_p50'] <= 2.0
+    return row
+
+
+# -- training ----------------------------------------------------------------------------------------
+
+def _training_step(args: argparse.Namespace, network: str, device: torch.device, precision: str,
+                   channels_last: bool) -> Callable[[], None]:
+    """One optimiser step of ``network`` on a fixed random batch, as the trainer takes it."""
+    from .training.evaluate import autocast_context
+    from .training.losses import build_criterion
+    from .training.schedules import build_optimizer
+
+    torch.manual_seed(args.seed)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(network, num_classes=args.num_classes).to(device, memory_format=memory_format).train()
+    optimizer = build_optimizer(model.parameters(), {'name': 'sgd', 'lr': 1e-3})
+    criterion = build_criterion({'name': 'ce'}, num_classes=args.num_classes)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
+    size = (args.train_batch, *args.train_size)
+    images = torch.randn(size[0], 3, *size[1:], device=device).contiguous(memory_format=memory_format)
+    target = torch.randint(0, args.num_classes, size, device=device)
+
+    def step() -> None:
+        with autocast_context(device, precision):
+            logits = model(images)
+        loss = criterion(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def bench_training(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Images/s of training steps: fp32 and mixed precision, NCHW and channels_last."""
+    mixed = 'fp16' if device.type == 'cuda' else 'bf16'
+    rows = []
+    for network in args.train_networks:
+        for precision in ('fp32', mixed):
+            for channels_last in (False, True):
+                step = _training_step(args, network, device, precision, channels_last)
+                times = _time_calls(step, device, iterations=args.train_iterations)
+                rows.append({'network': network, 'precision': precision, 'channels_last': channels_last,
+                             'batch': args.train_batch, 'resolution': format_resolution(args.train_size),
+                             'step_p50_ms': float(np.median(times)),
+                             'images_per_s': 1000.0 * args.train_batch / float(np.median(times)),
+                             'load_average': _load_average()})
+    return rows
+
+
+# -- targets -----------------------------------------------------------------------------------------
+
+def evaluate_targets(results: dict[str, Any], device: torch.device) -> list[dict]:
+    """The project's speed targets that the measured sections can answer, met or missed by how much."""
+    targets = []
+    for row in results.get('node', []):
+        if row['network'] == 'enet' and row['resolution'] == '640x360' and row['cameras'] == 1 \
+                and 'e2e_over_forward' in row and device.type == 'cpu':
+            targets.append(_target('node e2e p50 within 1.2x of the bare forward (ENet, 640x360, CPU)',
+                                   row['e2e_over_forward'], 1.2, higher_is_better=False, unit='x'))
+    for row in results.get('speedup', []):
+        targets.append(_target(f'fast path >= 2x plain fp32 eager ({row["network"]}, {row["resolution"]}, '
+                               f'best: {row["best_mode"]} {row["best_precision"]})', row['speedup'], 2.0,
+                               higher_is_better=True, unit='x'))
+    if device.type != 'cuda':
+        return targets
+    forward = results.get('forward', [])
+    for figure in PAPER_FIGURES:
+        candidates = [r for r in forward if r['network'] == figure.network and r['precision'] == 'fp16'
+                      and (r['height'], r['width']) == figure.size and r['batch'] == 1]
+        if candidates:
+            best = max(candidates, key=lambda r: r['fps'])
+            targets.append(_target(f'{figure.network} fp16 >= 20x {figure.source} ({figure.hardware}, '
+                                   f'{format_resolution(figure.size)}: {figure.fps:.1f} fps)',
+                                   best['fps'], 20 * figure.fps, higher_is_better=True, unit='fps'))
+    for row in results.get('node', []):
+        if row['resolution'] == '1280x720' and row['cameras'] == 1 and 'overhead_ms' in row:
+            targets.append(_target(f'node overhead beyond the forward < 1 ms ({row["network"]}, 1280x720)',
+                                   row['overhead_ms'], 1.0, higher_is_better=False, unit='ms'))
+        if row['network'] == 'erfnet' and row['resolution'] == '1280x720' and row['cameras'] == 4 \
+                and row['rate_hz'] >= 30 and 'latency_p99_ms' in row:
+            targets.append(_target('ERFNet, 4 cameras 1280x720 at 30 Hz: p99 < 20 ms',
+                                   row['latency_p99_ms'], 20.0, higher_is_better=False, unit='ms'))
+    return targets
+
+
+def _target(name: str, measured: float, required: float, *, higher_is_better: bool, unit: str) -> dict:
+    met = measured >= required if higher_is_better else measured <= required
+    return {'target': name, 'measured': measured, 'required': required, 'unit': unit, 'met': met,
+            'factor_missing': None if met else (required / measured if higher_is_better
+                                                else measured / required)}
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+def _resolutions(text: str) -> tuple[int, int]:
+    try:
+        return parse_resolution(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='seg-bench', description=__doc__.split('\n\n')[0],
+        epilog='Resolutions are WIDTHxHEIGHT. Defaults adapt to the device: see docs/BENCHMARKS.md.')
+    parser.add_argument('--sections', nargs='+', choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument('--quick', action='store_true',
+                        help='a short run: ENet only, 640x360, few iterations, short node runs')
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default: auto)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='PyTorch (and ONNX Runtime, and the node\'s) intra-op threads')
+    parser.add_argument('--json', type=Path, default=None, metavar='PATH', help='save every figure here')
+    parser.add_argument('--seed', type=int, default=0)
+    forward = parser.add_argument_group('forward')
+    forward.add_argument('--networks', nargs='+', choices=list_models(), default=None)
+    forward.add_argument('--resolutions', nargs='+', type=_resolutions, default=None, metavar='WxH',
+                         help='default: 640x360 on a CPU; 480x320 640x360 1024x512 1280x720 1920x1080 '
+                              '2048x1024 on CUDA')
+    forward.add_argument('--precisions', nargs='+', choices=('fp32', 'fp16', 'bf16'), default=None)
+    forward.add_argument('--modes', nargs='+', choices=list(MODES), default=None)
+    forward.add_argument('--num-classes', type=int, default=19,
+                         help='output classes (default: 19, as Cityscapes)')
+    forward.add_argument('--batch', type=int, default=1)
+    forward.add_argument('--iterations', type=int, default=None, help='timed calls per repeat')
+    forward.add_argument('--repeats', type=int, default=None, help='repeated timing runs (their spread)')
+    forward.add_argument('--warmup', type=int, default=None)
+    forward.add_argument('--rotate', type=int, default=3, help='distinct inputs cycled through')
+    forward.add_argument('--no-op-shares', dest='op_shares', action='store_false',
+                         help='skip profiling where eager fp32 spends its time')
+    node = parser.add_argument_group('node, overload and messages')
+    node.add_argument('--node-networks', nargs='+', choices=list_models(), default=None)
+    node.add_argument('--node-resolutions', nargs='+', type=_resolutions, default=None, metavar='WxH')
+    node.add_argument('--node-cameras', nargs='+', type=int, default=None)
+    node.add_argument('--node-rate', type=float, default=None,
+                      help='camera rate in Hz (default: half the measured capacity, at most 30)')
+    node.add_argument('--node-seconds', type=float, default=None, help='measured seconds per run')
+    node.add_argument('--node-settle', type=float, default=2.0, help='seconds published before measuring')
+    node.add_argument('--node-start-timeout', type=float, default=180.0)
+    node.add_argument('--node-precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
+    node.add_argument('--node-forward-iterations', type=int, default=None)
+    node.add_argument('--message-iterations', type=int, default=None)
+    node.add_argument('--overload-seconds', type=float, default=None)
+    node.add_argument('--overload-resolution', type=_resolutions, default=(360, 640), metavar='WxH')
+    training = parser.add_argument_group('training')
+    training.add_argument('--train-networks', nargs='+', choices=list_models(), default=None)
+    training.add_argument('--train-batch', type=int, default=None)
+    training.add_argument('--train-size', type=_resolutions, default=None, metavar='WxH')
+    training.add_argument('--train-iterations', type=int, default=None)
+    return parser
+
+
+def _defaults(args: argparse.Namespace, device: torch.device) -> None:
+    """Fill what was not given: full matrices on CUDA, a few minutes' worth on a CPU."""
+    cuda, quick = device.type == 'cuda', args.quick
+    networks = ['enet'] if quick else list_models()
+    choose = {
+        'networks': networks,
+        'resolutions': [(360, 640)] if quick or not cuda else list(RESOLUTIONS),
+        'precisions': list(DEFAULT_PRECISIONS[device.type]),
+        'modes': list(DEFAULT_MODES[device.type]),
+        'iterations': 50 if cuda else (3 if quick else 5),
+        'repeats': 3 if cuda else 2,
+        'warmup': 10 if cuda else 1,
+        'node_networks': ['enet', 'erfnet'] if cuda and not quick else ['enet'],
+        'node_resolutions': [(360, 640)] if quick else list(NODE_RESOLUTIONS),
+        'node_cameras': [1] if quick else [1, 4],
+        'node_seconds': 4.0 if quick else 15.0,
+        'node_forward_iterations': 30 if cuda else 4,
+        'message_iterations': 30 if cuda else 3,
+        'overload_seconds': 8.0 if quick else 30.0,
+        'train_networks': networks if cuda else ['enet'],
+        'train_batch': 8 if cuda else 2,
+        'train_size': (360, 480) if cuda else (192, 256),
+        'train_iterations': 10 if cuda else 2,
+    }
+    for key, value in choose.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.node_device = str(device)
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Every requested section; the results as one JSON-ready dict."""
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _defaults(args, device)
+    results: dict[str, Any] = {'machine': machine_info(device), 'command': args.command,
+                               'modes': {name: mode.description for name, mode in MODES.items()},
+                               'papers': [dict(vars(f), fps=f.fps) for f in PAPER_FIGURES]}
+    with tempfile.TemporaryDirectory(prefix='seg_bench_') as tmp:
+        folder = Path(tmp)
+        if 'forward' in args.sections:
+            results['forward'], results['skipped'] = bench_forward(args, device)
+            results['speedup'] = speedups(results['forward'])
+        if {'messages', 'node', 'overload'} & set(args.sections):
+            # Both this process and the node use the project's Fast DDS profile unless told otherwise.
+            profile = _fastdds_profile()
+            if profile:
+                os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', profile)
+        if 'messages' in args.sections:
+            results['messages'] = bench_messages(args, device, folder)
+        if 'node' in args.sections:
+            results['node'] = bench_node(args, folder)
+        if 'overload' in args.sections:
+            results['overload'] = bench_overload(args, folder)
+        if 'training' in args.sections:
+            results['training'] = bench_training(args, device)
+    results['targets'] = evaluate_targets(results, device)
+    results['machine']['load_average_end'] = [round(v, 2) for v in os.getloadavg()]
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    """The results as markdown."""
+    machine = results['machine']
+    parts = [f'# seg-bench on {machine.get("gpu") or machine["cpu"]}',
+             f'torch {machine["torch"]}, onnxruntime {machine.get("onnxruntime", "-")}, '
+             f'{machine["torch_threads"]} threads, load average {machine["load_average_1_5_15"]} at start, '
+             f'{machine.get("load_average_end")} at the end; command: `{results["command"]}`']
+    if results.get('forward'):
+        parts += ['## Forward (batch 1 unless stated)', markdown_table(results['forward'], {
+            'network': 'network', 'resolution': 'WxH', 'precision': 'precision', 'mode': 'mode',
+            'p50_ms': 'median ms', 'p99_ms': 'p99 ms', 'fps': 'frames/s', 'spread_pct': 'spread %',
+            'params': 'params', 'gmacs': 'GMACs', 'weights_mib': 'weights MiB',
+            'peak_activation_mib': 'peak act. MiB', 'load_average': 'load'})]
+        shares = [dict(network=r['network'], resolution=r['resolution'], **r['op_shares_pct'])
+                  for r in results['forward'] if r.get('op_shares_pct')]
+        if shares:
+            groups = sorted({key for row in shares for key in row} - {'network', 'resolution'})
+            parts += ['### Where eager fp32 spends its time (% of op self time)',
+                      markdown_table(shares, {'network': 'network', 'resolution': 'WxH',
+                                              **{g: g for g in groups}})]
+        parts += ['### Fastest mode against plain eager fp32', markdown_table(results['speedup'], {
+            'network': 'network', 'resolution': 'WxH', 'eager_fp32_ms': 'eager fp32 ms',
+            'best_mode': 'fastest mode', 'best_precision': 'precision', 'best_ms': 'ms',
+            'speedup': 'speed-up'})]
+    if results.get('skipped'):
+        parts += ['Skipped: ' + '; '.join(f'{s["network"]} {s["resolution"]} {s["precision"]} {s["mode"]} '
+                                          f'({s["reason"]})' for s in results['skipped'])]
+    if results.get('messages'):
+        parts += ['## Around the network', markdown_table(results['messages'], {
+            'resolution': 'WxH', 'step': 'step', 'p50_ms': 'median ms', 'p99_ms': 'p99 ms'})]
+    if results.get('node'):
+        parts += ['## segment_node end to end over DDS', markdown_table(results['node'], {
+            'network': 'network', 'resolution': 'WxH', 'cameras': 'cameras', 'rate_hz': 'rate Hz',
+            'latency_p50_ms': 'p50 ms', 'latency_p99_ms': 'p99 ms', 'output_rate_hz': 'out Hz/camera',
+            'published': 'sent', 'dropped': 'dropped', 'node_cpu_cores': 'node CPU (cores)',
+            'forward_p50_ms': 'forward ms', 'e2e_over_forward': 'e2e / forward', 'load_average': 'load'})]
+    if results.get('overload'):
+        parts += ['## Overload (twice the capacity)', markdown_table([results['overload']], {
+            'network': 'network', 'resolution': 'WxH', 'rate_hz': 'rate Hz', 'seconds': 's',
+            'latency_p50_ms': 'p50 ms', 'latency_p99_ms': 'p99 ms', 'p99_over_p50': 'p99 / p50',
+            'forward_p50_ms': 'forward p50 ms', 'forward_p99_ms': 'forward p99 ms',
+            'input_over_output_rate': 'input / output rate', 'published': 'sent', 'dropped': 'dropped',
+            'node_dropped': 'node-counted drops',
+            'rss_start_mib': 'RSS start MiB', 'rss_end_mib': 'RSS end MiB',
+            'rss_slope_mib_per_min': 'RSS MiB/min'})]
+    if results.get('training'):
+        parts += ['## Training throughput', markdown_table(results['training'], {
+            'network': 'network', 'precision': 'precision', 'channels_last': 'channels_last',
+            'batch': 'batch', 'resolution': 'WxH', 'step_p50_ms': 'step ms', 'images_per_s': 'images/s'})]
+    if results.get('targets'):
+        parts += ['## Targets', markdown_table(results['targets'], {
+            'target': 'target', 'measured': 'measured', 'required': 'required', 'unit': 'unit', 'met': 'met',
+            'factor_missing': 'missed by (x)'})]
+    return '\n\n'.join(parts) + '\n'
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print the markdown report; 2 on a bad argument or a failed node run."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    args.command = shlex.join(['seg-bench', *argv])
+    try:
+        results = run_benchmark(args)
+    except (ValueError, RuntimeError, ImportError) as error:
+        print(f'seg-bench: {error}', file=sys.stderr)
+        return 2
+    print(report(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

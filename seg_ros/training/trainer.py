@@ -1,0 +1,795 @@
+"""The trainer behind ``seg-train``: stages of epochs over ``seg_ros.models`` networks.
+
+One process on a CPU or a GPU, or several under ``torchrun`` (DistributedDataParallel, one GPU per
+process, SyncBatchNorm; gloo on CPUs). Only rank 0 writes. Every epoch ends with an atomic
+``last.pt`` holding the full resume state (network, optimiser, schedule, gradient scaler, stage,
+epoch, step, every process' random generators), and the best validation mIoU so far is kept
+as ``best.pt``; both are ordinary ``seg_ros.checkpoint`` files, the ones the node loads.
+
+Exact resume: the data order of an epoch is a function of (seed, epoch) (``DistributedSampler``,
+also with one process), worker processes are seeded from a loader generator seeded from (seed,
+rank, epoch), and the global generators the main process draws augmentation, dropout and mixup
+from are saved and restored. With ``train.deterministic`` on a CPU, a run killed at any point
+and resumed ends with the same weights as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from seg_ros import __version__
+from seg_ros.checkpoint import IMAGENET_MEAN, IMAGENET_STD, Checkpoint, load_checkpoint, save_checkpoint
+from seg_ros.data import (
+    DatasetError,
+    EvalTransform,
+    SegmentationDataset,
+    TrainTransform,
+    build_dataset,
+    class_frequencies,
+    mixup_batch,
+    validate_dataset,
+)
+from seg_ros.inference import resolve_device
+from seg_ros.labels import IGNORE_INDEX, LabelSet
+from seg_ros.models import build_model, count_parameters
+from seg_ros.training.config import RecipeError, Stage, dump_recipe, resolve_stages
+from seg_ros.training.evaluate import (
+    agg_pyplot,
+    autocast_context,
+    check_same_classes,
+    evaluate,
+    plot_per_class_iou,
+    summarize,
+)
+from seg_ros.training.losses import Criterion, build_criterion
+from seg_ros.training.schedules import LRSchedule, build_optimizer, build_scheduler
+
+__all__ = ['Trainer', 'TrainingError', 'plot_curves', 'read_epoch_records', 'read_log']
+
+log = logging.getLogger(__name__)
+
+LAST, BEST, LOG, RECIPE = 'last.pt', 'best.pt', 'log.jsonl', 'recipe.yaml'
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or go on; the message says why and what to do."""
+
+
+# -- processes, devices, random generators ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process' place in the run: rank, number of processes, device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def start_processes(device_spec: str) -> Processes:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 (env://), else one process."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    if world_size == 1:
+        return Processes(0, 1, resolve_device(device_spec))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    use_cuda = device_spec != 'cpu' and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if use_cuda else 'gloo', init_method='env://')
+    device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
+    return Processes(dist.get_rank(), dist.get_world_size(), device)
+
+
+def _derived_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across runs and machines."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker (base_seed + id) and python's random; numpy is left to us.
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process' global generators as tensors and plain values (weights-only loadable)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    python_version, python_state, gauss_next = random.getstate()
+    return {
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'position': int(position),
+                  'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
+        'python': {'version': python_version, 'state': list(python_state), 'gauss_next': gauss_next},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    numpy_state = state['numpy']
+    np.random.set_state((numpy_state['kind'], numpy_state['keys'].numpy().astype(np.uint32),
+                         numpy_state['position'], numpy_state['has_gauss'], numpy_state['cached_gaussian']))
+    python_state = state['python']
+    random.setstate((python_state['version'], tuple(python_state['state']), python_state['gauss_next']))
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """Bit-exact algorithms (slower on GPUs) or the fastest ones (cuDNN autotuning)."""
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    # warn_only: a few CUDA kernels (e.g. bilinear upsampling backward) have no deterministic variant.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+
+class LazyClassFrequencies:
+    """Class frequencies computed (and cached) only if a loss asks for them.
+
+    ``build_criterion`` checks ``len()`` against the number of classes; only losses that weight
+    classes (balanced CE, OWFL) read the values, which costs a pass over the training labels.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, cache_path: Path, announce: bool) -> None:
+        self.dataset = dataset
+        self.cache_path = cache_path
+        self.announce = announce
+        self._values: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.dataset.label_set.num_classes
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if self._values is None:
+            if self.announce:
+                log.info('class frequencies of %r (cached in %s)', self.dataset, self.cache_path)
+            self._values = class_frequencies(self.dataset, cache_path=self.cache_path, progress=self.announce)
+        return self._values if dtype is None else self._values.astype(dtype)
+
+
+def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Labels (N, H, W) or soft targets (N, C, H, W) at ``size`` by nearest neighbour (ERFNet, 001)."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    if target.is_floating_point():
+        return F.interpolate(target, size=size, mode='nearest')
+    return F.interpolate(target[:, None].float(), size=size, mode='nearest')[:, 0].long()
+
+
+@dataclass
+class StageRun:
+    """What one stage trains with."""
+
+    stage: Stage
+    loader: DataLoader
+    sampler: DistributedSampler
+    val_loader: DataLoader | None
+    criterion: Criterion
+    forward_options: dict[str, Any]
+    unused: list[str] = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: LRSchedule | None = None
+
+
+# -- logging and plots --------------------------------------------------------------------------------
+
+
+class RunLog:
+    """JSON-lines records (``log.jsonl``) and, when tensorboard is installed, TensorBoard scalars."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOG
+        self._file = self.path.open('a')
+        self._tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.debug('tensorboard is not installed: JSON-lines log only')
+        else:
+            self._tensorboard = SummaryWriter(str(folder / 'tensorboard'))
+
+    def write(self, record: dict[str, Any], *, step: int | None = None) -> None:
+        record = {'time': round(time.time(), 3), **record}
+        self._file.write(json.dumps(record) + '\n')
+        self._file.flush()
+        if self._tensorboard is not None and step is not None:
+            for key, value in _scalars(record):
+                self._tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def _scalars(record: dict[str, Any], prefix: str = '') -> Iterator[tuple[str, float]]:
+    for key, value in record.items():
+        if key in ('time', 'event', 'stage', 'epoch', 'step', 'global_epoch'):
+            continue
+        if isinstance(value, dict):
+            yield from _scalars(value, f'{prefix}{key}/')
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f'{record.get("event", "")}/{prefix}{key}', float(value)
+
+
+def read_log(log_path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(step records, epoch records) of a run's JSON-lines log, in order.
+
+    What a resumed run redid (the steps of the epoch it was killed in) counts once, as redone.
+    """
+    steps: dict[int, dict[str, Any]] = {}
+    epochs: dict[tuple[int, int], dict[str, Any]] = {}
+    for line in Path(log_path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the partial last line of a killed run
+        if record.get('event') == 'step':
+            steps[record['step']] = record
+        elif record.get('event') == 'epoch':
+            epochs[(record['stage'], record['epoch'])] = record
+    return [steps[k] for k in sorted(steps)], [epochs[k] for k in sorted(epochs)]
+
+
+def read_epoch_records(log_path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The epoch records of a run's JSON-lines log (see :func:`read_log`)."""
+    return read_log(log_path)[1]
+
+
+def plot_curves(steps: list[dict[str, Any]], epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """PNG of the training loss and learning rate by step and the validation mIoU by epoch."""
+    plt = agg_pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot([r['step'] for r in steps], [r['loss'] for r in steps], alpha=0.4, label='logged interval')
+    axes[0].plot([e['end_step'] for e in epochs], [e['train_loss'] for e in epochs], marker='.',
+                 label='epoch mean')
+    axes[0].set(title='training loss', xlabel='step')
+    axes[0].legend()
+    axes[1].plot([r['step'] for r in steps], [r['lr'] for r in steps])
+    axes[1].set(title='learning rate', xlabel='step')
+    validated = [r for r in epochs if r.get('val')]
+    axes[2].plot([r['global_epoch'] + 1 for r in validated], [r['val']['miou'] or 0.0 for r in validated],
+                 marker='.')
+    axes[2].set(title='validation mIoU %', xlabel='epoch')
+    starts = {r['stage']: r for r in reversed(epochs)}  # each stage's first epoch
+    for stage, first in starts.items():
+        if stage == epochs[0]['stage']:
+            continue
+        axes[0].axvline(first['end_step'] - first['steps'], color='grey', linestyle='--', linewidth=0.8)
+        axes[1].axvline(first['end_step'] - first['steps'], color='grey', linestyle='--', linewidth=0.8)
+        axes[2].axvline(first['global_epoch'] + 0.5, color='grey', linestyle='--', linewidth=0.8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def provenance() -> dict[str, Any]:
+    """Where and with what a checkpoint was made."""
+    source = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(['git', '-C', str(source), 'rev-parse', 'HEAD'], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        'seg_ros': __version__,
+        'git_commit': commit,
+        'host': socket.gethostname(),
+        'torch': str(torch.__version__),
+        'cuda': torch.version.cuda,
+        'time': datetime.now(timezone.utc).isoformat(timespec='seconds'),
+        'command': ' '.join(sys.argv),
+    }
+
+
+# -- the trainer --------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Runs a recipe (see ``seg_ros.training.config``) from the start or from ``last.pt``.
+
+    >>> from seg_ros.training.config import load_recipe
+    >>> Trainer(load_recipe('enet_camvid', ['data.root=/data/camvid'])).fit()
+    """
+
+    def __init__(self, recipe: dict[str, Any], *, resume: bool | str | os.PathLike = False) -> None:
+        self.recipe = recipe
+        self.stages = resolve_stages(recipe)
+        self.train_cfg = recipe['train']
+        self.eval_cfg = recipe['eval']
+        self.output = Path(recipe['output']['dir'])
+        self.procs = start_processes(self.train_cfg['device'])
+        self.device = self.procs.device
+        self.precision = self.train_cfg['precision']
+        self.memory_format = (torch.channels_last if self.train_cfg['channels_last']
+                              else torch.contiguous_format)
+        self.resume_path = self._resume_path(resume)
+        configure_determinism(self.train_cfg['deterministic'])
+        seed = self.train_cfg['seed']
+        random.seed(seed + self.procs.rank)
+        np.random.seed(seed + self.procs.rank)
+        torch.manual_seed(seed + self.procs.rank)
+
+        self.labels = self._check_data()
+        model_cfg = recipe['model']
+        self.net = build_model(model_cfg['name'], self.labels.num_classes, **model_cfg['options'])
+        self.input_size = self._input_size()
+        self.best_miou: float | None = None
+        self.global_step = 0
+        self.position = (0, 0)  # (stage index, epochs done in it)
+        self.last_report: dict[str, Any] | None = None
+        self._resume_training_state: dict[str, Any] | None = None
+        self._saved_rng: list[dict[str, Any]] | None = None
+        self._prepared: dict[int, StageRun] = {}
+        self._provenance = provenance()
+        if self.resume_path is not None:
+            self._load_resume_state()
+        self.net.to(self.device, memory_format=self.memory_format)
+        if self.procs.distributed and self.device.type == 'cuda':
+            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+        self.log: RunLog | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------------
+
+    def _resume_path(self, resume: bool | str | os.PathLike) -> Path | None:
+        last = self.output / LAST
+        if resume is False:
+            if last.exists():
+                raise TrainingError(f'{self.output} already holds a run ({LAST}); pass --resume to continue '
+                                    'it, or choose another output.dir')
+            return None
+        if resume is True:
+            if not last.exists():
+                log.info('--resume: no %s in %s yet, starting from the beginning', LAST, self.output)
+                return None
+            return last
+        path = Path(resume)
+        if not path.is_file():
+            raise TrainingError(f'--resume {path}: no such checkpoint')
+        return path
+
+    def _datasets(self) -> Iterator[tuple[str, dict[str, Any], str]]:
+        """(what, data config, split) of every dataset the run reads, each once."""
+        seen = set()
+        for index, stage in enumerate(self.stages):
+            data = stage.data
+            for role, split in (('train', data['train_split']), ('val', data['val_split'])):
+                key = (data['dataset'], data['root'], split)
+                if split is None or key in seen:
+                    continue
+                seen.add(key)
+                yield f'stage {index} ({stage.name}) {role}', data, split
+
+    def _check_data(self) -> LabelSet:
+        """Open every dataset, check that their classes agree and, before any training, read every file."""
+        labels = None
+        problems: list[str] = []
+        for what, data, split in self._datasets():
+            try:
+                dataset = build_dataset(data['dataset'], data['root'], split)
+            except DatasetError as exc:
+                raise TrainingError(f'{what}: {exc}') from None
+            if labels is None:
+                labels = dataset.label_set
+            check_same_classes(labels, dataset.label_set, what=f'{what} ({dataset!r})')
+            if data['check_files'] and self.procs.is_main:
+                log.info('checking every file of %r', dataset)
+                problems += validate_dataset(dataset)
+        if problems:
+            shown = '\n  '.join(problems[:50])
+            more = f'\n  ... and {len(problems) - 50} more' if len(problems) > 50 else ''
+            raise TrainingError(f'{len(problems)} problem(s) in the data, nothing was trained:\n  '
+                                f'{shown}{more}')
+        self._barrier()
+        return labels
+
+    def _input_size(self) -> tuple[int, int]:
+        """The resolution the checkpoint declares: what validation feeds the network."""
+        if self.eval_cfg['input_size'] is not None:
+            return tuple(self.eval_cfg['input_size'])
+        data = self.stages[-1].data
+        if data['val_split'] is None:
+            return tuple(self.stages[-1].augment['crop_size'])
+        dataset = build_dataset(data['dataset'], data['root'], data['val_split'])
+        return tuple(dataset.read_image(dataset.files[0][0]).shape[:2])
+
+    def _build_stage(self, stage: Stage) -> StageRun:
+        data, augment = stage.data, stage.augment
+        world, rank = self.procs.world_size, self.procs.rank
+        transform = TrainTransform(crop_size=tuple(augment['crop_size']),
+                                   scale_range=tuple(augment['scale_range']), hflip=augment['hflip'],
+                                   mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        train_set = build_dataset(data['dataset'], data['root'], data['train_split'], transform)
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                     seed=self.train_cfg['seed'], drop_last=True)
+        if len(sampler) < stage.batch_size:
+            raise TrainingError(f'stage {stage.name!r}: {len(train_set)} training images ({len(sampler)} per '
+                                f'process) are fewer than one batch of {stage.batch_size}')
+        loader = DataLoader(train_set, batch_size=stage.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=data['num_workers'], pin_memory=self.device.type == 'cuda',
+                            worker_init_fn=_seed_worker, generator=torch.Generator())
+        val_loader = None
+        if data['val_split'] is not None:
+            val_set = build_dataset(data['dataset'], data['root'], data['val_split'],
+                                    EvalTransform(IMAGENET_MEAN, IMAGENET_STD))
+            shard = Subset(val_set, range(rank, len(val_set), world))
+            val_loader = DataLoader(shard, batch_size=self.eval_cfg['batch_size'], shuffle=False,
+                                    num_workers=data['num_workers'], pin_memory=self.device.type == 'cuda')
+        frequencies = LazyClassFrequencies(build_dataset(data['dataset'], data['root'], data['train_split']),
+                                           self.output / f'class_frequencies_{data["dataset"]}_'
+                                                         f'{data["train_split"]}.json',
+                                           announce=self.procs.is_main)
+        try:
+            criterion = build_criterion(stage.loss, num_classes=self.labels.num_classes,
+                                        class_frequencies=frequencies, ignore_index=IGNORE_INDEX)
+        except (ValueError, TypeError) as exc:
+            raise RecipeError(f'stage {stage.name!r} loss: {exc}') from None
+        forward_options = {}
+        if stage.encoder_only:
+            forward_options['encoder_only'] = True
+        if criterion.needs_context:
+            forward_options['with_context'] = True
+        return StageRun(stage, loader, sampler, val_loader, criterion.to(self.device), forward_options)
+
+    def _unused_parameters(self, run: StageRun) -> list[str]:
+        """Parameters the stage's forward pass leaves without a gradient (checked on a small input).
+
+        Also the first place a recipe asking the network for a path it lacks (``encoder_only``,
+        ``with_context``) fails, before any data is loaded.
+        """
+        side = max(64, 2 * getattr(self.net, 'size_divisor', 32))
+        probe = torch.zeros(1, 3, side, side, device=self.device).contiguous(memory_format=self.memory_format)
+        self.net.eval()
+        try:
+            output = self.net(probe, **run.forward_options)
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f'stage {run.stage.name!r}: network {self.recipe["model"]["name"]!r} cannot '
+                              f'run with {run.forward_options} ({exc}); encoder_only needs a network with an '
+                              'encoder-only path (erfnet), a semantic encoding loss (sel) a network with a '
+                              'context head (dsnet with model.options={context_head: true})') from None
+        outputs = output if isinstance(output, tuple) else (output,)
+        sum(o.float().sum() for o in outputs).backward()
+        unused = [name for name, p in self.net.named_parameters() if p.requires_grad and p.grad is None]
+        self.net.zero_grad(set_to_none=True)
+        self.net.train()
+        return unused
+
+    # -- resume ----------------------------------------------------------------------------------------
+
+    def _load_resume_state(self) -> None:
+        try:
+            checkpoint = load_checkpoint(self.resume_path)
+        except Exception as exc:  # CheckpointError and whatever a half-written disk gives
+            raise TrainingError(f'cannot resume: {exc}') from None
+        state = checkpoint.training
+        if state is None:
+            raise TrainingError(f'cannot resume from {self.resume_path}: it holds no training state '
+                                f'(a {BEST} or exported file); resume from {LAST}')
+        name = self.recipe['model']['name']
+        if checkpoint.model_name != name or checkpoint.num_classes != self.labels.num_classes:
+            raise TrainingError(f'cannot resume from {self.resume_path}: it is a {checkpoint.model_name} '
+                                f'with {checkpoint.num_classes} classes, the recipe trains a {name} with '
+                                f'{self.labels.num_classes}')
+        changed = _changed_keys(checkpoint.meta.get('recipe', {}), self.recipe)
+        if changed:
+            log.warning('resuming with recipe keys changed since the checkpoint: %s', ', '.join(changed))
+        self.net.load_state_dict(checkpoint.state_dict)
+        self.position = (int(state['stage']), int(state['epoch']))
+        self.global_step = int(state['global_step'])
+        self.best_miou = state['best_miou']
+        self._resume_training_state = state
+        if state['world_size'] == self.procs.world_size:
+            self._saved_rng = state['rng']
+        else:
+            log.warning('resuming with %d processes instead of %d: random streams are reseeded',
+                        self.procs.world_size, state['world_size'])
+        log.info('resuming from %s: stage %d, %d epoch(s) done, step %d', self.resume_path, *self.position,
+                 self.global_step)
+
+    def _training_state(self, optimizer, scheduler, scaler) -> dict[str, Any]:
+        rng = [rng_state()]
+        if self.procs.distributed:
+            rng = [None] * self.procs.world_size
+            dist.all_gather_object(rng, rng_state())
+        return {
+            'stage': self.position[0],
+            'epoch': self.position[1],
+            'global_step': self.global_step,
+            'optimizer': optimizer.state_dict(),
+            'scheduler': scheduler.state_dict(),
+            'scaler': scaler.state_dict(),
+            'rng': rng,
+            'best_miou': self.best_miou,
+            'world_size': self.procs.world_size,
+        }
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    def _checkpoint(self, training: dict[str, Any] | None) -> Checkpoint:
+        stage = self.stages[min(self.position[0], len(self.stages) - 1)]
+        meta = {
+            'recipe': self.recipe,
+            'metrics': self.last_report and {k: v for k, v in self.last_report.items()
+                                             if k != 'confusion_matrix'},
+            'provenance': self._provenance,
+            'saved': datetime.now(timezone.utc).isoformat(timespec='seconds'),
+            'training_resolution': list(stage.augment['crop_size']),
+            'stage': stage.name,
+            'epochs': [self.position[0], self.position[1]],
+            'parameters': count_parameters(self.net),
+        }
+        return Checkpoint.from_model(self.net, self.recipe['model']['name'], self.labels,
+                                     model_options=dict(self.recipe['model']['options']),
+                                     input_size=self.input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                     meta=meta, training=training)
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def fit(self) -> Path:
+        """Train every remaining stage; returns the path of ``last.pt``."""
+        for line in self.check():
+            log.info('%s', line)
+        if self.procs.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / RECIPE).write_text(dump_recipe(self.recipe))
+            self.log = RunLog(self.output)
+            self.log.write({'event': 'start', 'resume': str(self.resume_path) if self.resume_path else None,
+                            'processes': self.procs.world_size, 'device': str(self.device),
+                            'parameters': count_parameters(self.net)})
+            log.info('%s: %d parameters, %d process(es) on %s, output %s', self.recipe['model']['name'],
+                     count_parameters(self.net), self.procs.world_size, self.device, self.output)
+        try:
+            for index in range(self.position[0], len(self.stages)):
+                self._fit_stage(index)
+            if self.procs.is_main:
+                self._final_plots()
+                self.log.write({'event': 'end', 'best_miou': self.best_miou})
+        finally:
+            if self.log is not None:
+                self.log.close()
+        self._barrier()
+        return self.output / LAST
+
+    def _prepare_stage(self, index: int) -> StageRun:
+        """The stage's data, criterion, optimiser and schedule, and the parameters it leaves unused."""
+        stage = self.stages[index]
+        run = self._build_stage(stage)
+        run.unused = self._unused_parameters(run)
+        try:
+            params = [p for p in self.net.parameters() if p.requires_grad]
+            run.optimizer = build_optimizer(params, stage.optimizer)
+            run.scheduler = build_scheduler(run.optimizer, stage.scheduler, steps_per_epoch=len(run.loader),
+                                            epochs=stage.epochs)
+        except (ValueError, TypeError) as exc:
+            raise RecipeError(f'stage {stage.name!r}: {exc}') from None
+        return run
+
+    def check(self) -> list[str]:
+        """Build every remaining stage (data, loss, optimiser, schedule, a forward pass) without training.
+
+        Returns one summary line per stage. ``fit`` does this first, so that a mistake in the
+        last stage of a recipe shows before the first one trains, and trains with what it built.
+        """
+        lines = []
+        for index in range(self.position[0], len(self.stages)):
+            stage = self.stages[index]
+            run = self._prepared[index] = self._prepare_stage(index)
+            unused = run.unused
+            lines.append(f'stage {index + 1} {stage.name!r}: {stage.epochs} epochs x {len(run.loader)} '
+                         f'batches of {stage.batch_size} ({len(run.loader.dataset)} images), crop '
+                         f'{stage.augment["crop_size"]}, loss {stage.loss}, {stage.optimizer}, '
+                         f'{stage.scheduler}' + (', encoder only' if stage.encoder_only else '')
+                         + (f', {len(unused)} parameter tensor(s) unused' if unused else ''))
+        return lines
+
+    def _fit_stage(self, index: int) -> None:
+        stage = self.stages[index]
+        done = self.position[1] if self.position[0] == index else 0
+        if done >= stage.epochs:
+            self.position = (index + 1, 0)
+            return
+        run = self._prepared.pop(index, None) or self._prepare_stage(index)
+        optimizer, scheduler = run.optimizer, run.scheduler
+        model: nn.Module = self.net
+        if self.procs.distributed:
+            device_ids = [self.device.index] if self.device.type == 'cuda' else None
+            model = DistributedDataParallel(self.net, device_ids=device_ids,
+                                            find_unused_parameters=bool(run.unused))
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == 'fp16')
+        if done:
+            state = self._resume_training_state
+            optimizer.load_state_dict(state['optimizer'])
+            scheduler.load_state_dict(state['scheduler'])
+            scaler.load_state_dict(state['scaler'])
+        if self._saved_rng is not None:
+            set_rng_state(self._saved_rng[self.procs.rank])
+            self._saved_rng = None
+        self.position = (index, done)
+        log.info('stage %d/%d %r: epochs %d-%d, batch %d x %d process(es), crop %s, %s%s', index + 1,
+                 len(self.stages), stage.name, done + 1, stage.epochs, stage.batch_size,
+                 self.procs.world_size, stage.augment['crop_size'], stage.optimizer['name'],
+                 ', encoder only' if stage.encoder_only else '')
+        for epoch in range(done, stage.epochs):
+            train_stats = self._train_epoch(model, run, optimizer, scheduler, scaler, index, epoch)
+            report = None
+            last_epoch = epoch + 1 == stage.epochs
+            if run.val_loader is not None and ((epoch + 1) % self.train_cfg['val_every'] == 0 or last_epoch):
+                report = self._validate(run)
+            scheduler.step_epoch(self._schedule_metric(train_stats, report))
+            self.position = (index, epoch + 1)
+            self._end_epoch(index, epoch, train_stats, report, optimizer, scheduler, scaler)
+        self._barrier()
+
+    def _schedule_metric(self, train_stats: dict[str, float], report: dict[str, Any] | None) -> float | None:
+        """What a metric-driven schedule (plateau_halving) watches: val mIoU (fraction) or train loss."""
+        if self.train_cfg['schedule_metric'] == 'train_loss':
+            return train_stats['train_loss']
+        return None if report is None or report['miou'] is None else report['miou'] / 100.0
+
+    def _train_epoch(self, model, run: StageRun, optimizer, scheduler, scaler, stage_index: int,
+                     epoch: int) -> dict[str, float]:
+        stage = run.stage
+        global_epoch = sum(s.epochs for s in self.stages[:stage_index]) + epoch
+        run.sampler.set_epoch(global_epoch)
+        run.loader.generator.manual_seed(_derived_seed(self.train_cfg['seed'], self.procs.rank, global_epoch))
+        mixup_alpha = stage.augment['mixup_alpha']
+        model.train()
+        total_loss = torch.zeros((), device=self.device)
+        images_seen, started = 0, time.perf_counter()
+        bar = tqdm(run.loader, desc=f'{stage.name} {epoch + 1}/{stage.epochs}', unit='batch', leave=False,
+                   dynamic_ncols=True, disable=None if self.procs.is_main else True)
+        for batch, (images, labels) in enumerate(bar, 1):
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            target = labels.to(self.device, non_blocking=True)
+            if mixup_alpha > 0:
+                images, target = mixup_batch(images, target, num_classes=self.labels.num_classes,
+                                             alpha=mixup_alpha, ignore_index=IGNORE_INDEX)
+            with autocast_context(self.device, self.precision):
+                output = model(images, **run.forward_options)
+            logits, presence = (output if isinstance(output, tuple) else (output, None))
+            if stage.encoder_only:
+                target = resize_target(target, tuple(logits.shape[-2:]))
+            loss = run.criterion(logits.float(), target,
+                                 presence_logits=None if presence is None else presence.float())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step_batch()
+            self.global_step += 1
+            total_loss += loss.detach()
+            images_seen += images.shape[0] * self.procs.world_size
+            if batch % self.train_cfg['log_every'] == 0 or batch == len(run.loader):
+                mean_loss = total_loss.item() / batch
+                if not math.isfinite(mean_loss) and self.precision != 'fp16':
+                    raise TrainingError(f'stage {stage.name!r} epoch {epoch + 1}: the loss became '
+                                        f'{mean_loss} at step {self.global_step}; lower the learning rate '
+                                        f'({optimizer.param_groups[0]["lr"]:.3g}) or check the data')
+                speed = images_seen / (time.perf_counter() - started)
+                lr = optimizer.param_groups[0]['lr']
+                bar.set_postfix(loss=f'{mean_loss:.4f}', lr=f'{lr:.3g}', img_s=f'{speed:.1f}')
+                if self.log is not None:
+                    self.log.write({'event': 'step', 'stage': stage_index, 'epoch': epoch,
+                                    'step': self.global_step, 'loss': mean_loss, 'lr': lr,
+                                    'images_per_s': speed}, step=self.global_step)
+        bar.close()
+        elapsed = time.perf_counter() - started
+        mean_loss = self._mean_over_processes(total_loss / len(run.loader))
+        return {'train_loss': mean_loss, 'lr': optimizer.param_groups[0]['lr'],
+                'images_per_s': images_seen / elapsed, 'epoch_time': elapsed, 'global_epoch': global_epoch,
+                'steps': len(run.loader), 'end_step': self.global_step}
+
+    def _validate(self, run: StageRun) -> dict[str, Any]:
+        batches = tqdm(run.val_loader, desc='validation', unit='batch', leave=False, dynamic_ncols=True,
+                       disable=None if self.procs.is_main else True)
+        confusion = evaluate(self.net, batches, num_classes=self.labels.num_classes,
+                             device=self.device, input_size=self.eval_cfg['input_size'],
+                             flip=self.eval_cfg['flip'], scales=self.eval_cfg['scales'],
+                             precision=self.precision, channels_last=self.train_cfg['channels_last'],
+                             forward_options={'encoder_only': True} if run.stage.encoder_only else None)
+        self.net.train()
+        return summarize(confusion, self.labels)
+
+    def _end_epoch(self, stage_index: int, epoch: int, train_stats: dict[str, float],
+                   report: dict[str, Any] | None, optimizer, scheduler, scaler) -> None:
+        stage = self.stages[stage_index]
+        improved = False
+        if report is not None:
+            self.last_report = report
+            # An encoder-only network is not what plain forward() gives, so it is never the best.
+            if not stage.encoder_only and report['miou'] is not None and (
+                    self.best_miou is None or report['miou'] > self.best_miou):
+                self.best_miou, improved = report['miou'], True
+        training = self._training_state(optimizer, scheduler, scaler)
+        if not self.procs.is_main:
+            return
+        if improved:
+            save_checkpoint(self._checkpoint(None), self.output / BEST)
+        # best.pt first: a last.pt naming a best mIoU always has that best.pt beside it.
+        save_checkpoint(self._checkpoint(training), self.output / LAST)
+        val = None if report is None else {k: report[k] for k in ('miou', 'pixel_accuracy',
+                                                                   'mean_class_accuracy', 'per_class_iou')}
+        self.log.write({'event': 'epoch', 'stage': stage_index, 'stage_name': stage.name, 'epoch': epoch,
+                        **train_stats, 'val': val, 'best_miou': self.best_miou}, step=self.global_step)
+        log.info('%s epoch %d/%d: loss %.4f, lr %.3g, %.1f img/s, %.0f s%s', stage.name, epoch + 1,
+                 stage.epochs, train_stats['train_loss'], train_stats['lr'], train_stats['images_per_s'],
+                 train_stats['epoch_time'],
+                 '' if report is None else f', val mIoU {_fmt(report["miou"])} (best {_fmt(self.best_miou)})')
+
+    def _final_plots(self) -> None:
+        steps, records = read_log(self.output / LOG)
+        if not records:
+            return
+        plot_curves(steps, records, self.output / 'curves.png')
+        validated = [r for r in records if r.get('val')]
+        if validated:
+            last = validated[-1]
+            plot_per_class_iou(last['val']['per_class_iou'], self.labels, self.output / 'per_class_iou.png',
+                               title=f'per-class IoU, {last["stage_name"]} epoch {last["epoch"] + 1} '
+                                     f'(mIoU {_fmt(last["val"]["miou"])})')
+        log.info('plots in %s (curves.png, per_class_iou.png)', self.output)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _barrier(self) -> None:
+        if self.procs.distributed:
+            dist.barrier()
+
+    def _mean_over_processes(self, value: torch.Tensor) -> float:
+        if self.procs.distributed:
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value /= self.procs.world_size
+        return float(value)
+
+
+def _fmt(value: float | None) -> str:
+    return 'n/a' if value is None else f'{value:.2f}'
+
+
+def _changed_keys(before: Any, after: Any, prefix: str = '') -> list[str]:
+    """Dotted keys whose values differ between two recipes."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [key for k in sorted(set(before) | set(after), key=str)
+                for key in _changed_keys(before.get(k), after.get(k), f'{prefix}{k}.')]
+    return [] if before == after else [prefix.rstrip('.')]

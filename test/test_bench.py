@@ -1,0 +1,127 @@
+"""seg-bench on tiny configurations: the JSON holds every figure, and the figures agree with each
+other (never with a timing expectation)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from seg_ros.bench import MODES, PAPER_FIGURES, evaluate_targets, main, markdown_table
+from seg_ros.models import build_model, count_parameters
+
+
+def run(tmp_path, capsys, *argv: str) -> tuple[dict, str]:
+    path = tmp_path / 'bench.json'
+    assert main([*argv, '--device', 'cpu', '--json', str(path)]) == 0
+    return json.loads(path.read_text()), capsys.readouterr().out
+
+
+def test_forward_and_training_figures_are_complete_and_consistent(tmp_path, capsys):
+    results, markdown = run(
+        tmp_path, capsys, '--sections', 'forward', 'training', '--networks', 'enet', '--resolutions', '96x64',
+        '--precisions', 'fp32', 'fp16', '--modes', 'eager', 'channels_last', 'onnxruntime', 'cuda_graph',
+        '--iterations', '2', '--repeats', '2', '--warmup', '1', '--train-size', '32x32',
+        '--train-iterations', '1')
+    assert results['command'].startswith('seg-bench --sections forward training')
+    assert results['machine']['torch'] == torch.__version__ and len(results['machine']['load_average_1_5_15']) == 3
+
+    rows = {row['mode']: row for row in results['forward']}
+    assert sorted(rows) == ['channels_last', 'eager', 'onnxruntime']
+    model = build_model('enet', num_classes=19).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 64, 96))
+    for mode, row in rows.items():
+        assert (row['width'], row['height'], row['resolution']) == (96, 64, '96x64')
+        assert 0 < row['p50_ms'] <= row['p99_ms'] <= row['max_ms']
+        assert row['fps'] == pytest.approx(1000.0 / row['p50_ms'])
+        assert len(row['repeat_p50_ms']) == 2 and row['iterations'] == 4
+        assert row['params'] == count_parameters(model)
+        assert row['gflops'] == pytest.approx(counter.get_total_flops() / 1e9)
+        assert row['gmacs'] == pytest.approx(row['gflops'] / 2)
+        assert row['weights_mib'] > 0 and row['backend'] == MODES[mode].backend
+        assert (row['peak_activation_mib'] is None) == (mode == 'onnxruntime')
+    assert rows['eager']['peak_activation_mib'] > 0
+    shares = rows['eager']['op_shares_pct']
+    assert shares['convolution'] > 0 and sum(shares.values()) == pytest.approx(100, abs=1)
+
+    skipped = {(s['precision'], s['mode']): s['reason'] for s in results['skipped']}
+    assert skipped[('fp32', 'cuda_graph')] == 'CUDA graphs need a CUDA device'
+    assert 'no native support' in skipped[('fp16', 'eager')] and len(skipped) == 5
+
+    (speedup,) = results['speedup']
+    fastest = min(rows['channels_last'], rows['onnxruntime'], key=lambda r: r['p50_ms'])
+    assert speedup['best_mode'] == fastest['mode']
+    assert speedup['speedup'] == pytest.approx(rows['eager']['p50_ms'] / fastest['p50_ms'])
+    (target,) = results['targets']
+    assert target['measured'] == speedup['speedup'] and target['met'] == (speedup['speedup'] >= 2)
+
+    training = results['training']
+    assert {(r['precision'], r['channels_last']) for r in training} == {
+        ('fp32', False), ('fp32', True), ('bf16', False), ('bf16', True)}
+    for row in training:
+        assert row['images_per_s'] == pytest.approx(1000.0 * row['batch'] / row['step_p50_ms'])
+
+    assert '## Forward' in markdown and '| enet | 96x64 | fp32 | eager |' in markdown
+    assert '## Training throughput' in markdown and '## Targets' in markdown
+
+
+def test_node_sections_measure_the_real_node_over_dds(tmp_path, capsys):
+    results, markdown = run(
+        tmp_path, capsys, '--sections', 'messages', 'node', 'overload', '--node-networks', 'enet',
+        '--node-resolutions', '96x64', '--node-cameras', '1', '--node-seconds', '2', '--node-settle', '0.5',
+        '--overload-seconds', '2', '--overload-resolution', '96x64', '--message-iterations', '2',
+        '--node-forward-iterations', '2')
+
+    steps = {row['step']: row for row in results['messages']}
+    assert len(steps) == 8 and all(row['p50_ms'] > 0 for row in steps.values())
+
+    (node,) = results['node']
+    assert 0 < node['received'] <= node['published']
+    assert node['dropped'] == node['published'] - node['received']
+    assert 0 < node['latency_p50_ms'] <= node['latency_p99_ms'] <= node['latency_max_ms']
+    assert node['e2e_over_forward'] == pytest.approx(node['latency_p50_ms'] / node['forward_p50_ms'])
+    assert node['overhead_ms'] == pytest.approx(node['latency_p50_ms'] - node['forward_p50_ms'])
+    assert node['node_cpu_cores'] > 0 and node['output_rate_hz'] > 0 and node['rate_hz'] <= 30
+
+    overload = results['overload']
+    assert overload['rate_hz'] > 0 and overload['received'] > 0
+    assert overload['input_over_output_rate'] >= 0.99  # the node never outputs more than it gets
+    assert overload['node_dropped'] <= overload['dropped']  # a frame it drops never reaches us
+    assert overload['memory_mib'] and overload['rss_start_mib'] > 0 and overload['rss_max_mib'] >= \
+        overload['rss_end_mib']
+    assert overload['p99_over_p50'] == pytest.approx(overload['latency_p99_ms'] / overload['latency_p50_ms'])
+    assert '## segment_node end to end over DDS' in markdown and '## Overload' in markdown
+
+
+def test_targets_say_by_how_much_they_are_missed():
+    erfnet_paper = next(f for f in PAPER_FIGURES if f.network == 'erfnet' and f.size == (360, 640)
+                        and 'Titan' in f.hardware)
+    assert erfnet_paper.fps == pytest.approx(83.3, abs=0.1)  # Table IV prints 83.3 fps for 12 ms
+    forward = [{'network': 'erfnet', 'precision': 'fp16', 'height': 360, 'width': 640, 'batch': 1,
+                'fps': 10 * erfnet_paper.fps}]
+    node = [{'network': 'erfnet', 'resolution': '1280x720', 'cameras': 4, 'rate_hz': 30.0,
+             'latency_p99_ms': 25.0},
+            {'network': 'enet', 'resolution': '1280x720', 'cameras': 1, 'rate_hz': 30.0, 'overhead_ms': 0.5}]
+    targets = {t['target']: t for t in evaluate_targets({'forward': forward, 'node': node},
+                                                        torch.device('cuda'))}
+    paper = next(t for name, t in targets.items() if name.startswith('erfnet fp16 >= 20x ERFNet Table IV')
+                 and 'Titan' in name and '640x360' in name)
+    assert not paper['met'] and paper['factor_missing'] == pytest.approx(2.0)
+    four = targets['ERFNet, 4 cameras 1280x720 at 30 Hz: p99 < 20 ms']
+    assert not four['met'] and four['factor_missing'] == pytest.approx(25 / 20)
+    overhead = targets['node overhead beyond the forward < 1 ms (enet, 1280x720)']
+    assert overhead['met'] and overhead['factor_missing'] is None
+    # GPU targets are not judged from CPU figures.
+    assert evaluate_targets({'forward': forward, 'node': node}, torch.device('cpu')) == []
+
+
+def test_markdown_tables_and_argument_errors(capsys):
+    table = markdown_table([{'a': 1.23456, 'b': None, 'c': True}], {'a': 'A', 'b': 'B', 'c': 'C'})
+    assert table.splitlines() == ['| A | B | C |', '| --- | --- | --- |', '| 1.23 | - | yes |']
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--resolutions', '640'])
+    assert exit_info.value.code == 2 and 'not WIDTHxHEIGHT' in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""seg-export: every network exports to ONNX with dynamic sizes and matches PyTorch in ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from seg_ros.export import (
+    ExportCheck,
+    export_onnx,
+    format_resolution,
+    main,
+    parse_resolution,
+    verify_onnx,
+)
+from seg_ros.fastpath import prepare_model
+from seg_ros.labels import CAMVID11
+from seg_ros.models import build_model, get_model_builder, list_models
+
+from .support import CHANNEL_LABELS, CHANNEL_NET, channel_checkpoint
+
+NETWORKS = [name for name in list_models()
+            if get_model_builder(name).__module__.startswith('seg_ros.models.')]
+
+
+def trained_like(name: str) -> torch.nn.Module:
+    """``name`` with non-trivial batch-norm statistics (as after training), in eval mode."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=CAMVID11.num_classes).train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 48) * 2 + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize('name', NETWORKS)
+def test_every_network_exports_and_matches_pytorch_at_any_size(name):
+    model = prepare_model(trained_like(name), example_size=(32, 48))
+    onnx_model = export_onnx(model, example_size=(32, 48))
+    # Traced at 32x48; checked at odd sizes (the padding and cropping are computed in the graph)
+    # and another batch size.
+    checks = verify_onnx(onnx_model, model, [(101, 203)])
+    checks += verify_onnx(onnx_model, model, [(37, 53)], batch=2)
+    for check in checks:
+        assert check.passed(), f'{name} at {check.size}: {check}'
+        assert check.argmax_agreement == 1.0 and check.max_abs_logit > 0
+
+
+def test_export_refuses_what_it_cannot_trace_faithfully():
+    model = build_model('enet', num_classes=3)
+    with pytest.raises(ValueError, match='eval mode'):
+        export_onnx(model.train())
+    with pytest.raises(ValueError, match='float32 CPU model.*torch.float16'):
+        export_onnx(model.eval().half())
+
+
+def test_tolerance_is_relative_to_the_logits():
+    assert ExportCheck((8, 8), max_abs_error=5e-5, max_abs_logit=0.3, argmax_agreement=1.0).passed()
+    assert not ExportCheck((8, 8), max_abs_error=5e-3, max_abs_logit=0.3, argmax_agreement=1.0).passed()
+    assert ExportCheck((8, 8), max_abs_error=5e-3, max_abs_logit=80.0, argmax_agreement=1.0).passed()
+
+
+def test_resolutions_are_width_by_height():
+    assert parse_resolution('640x360') == (360, 640)
+    assert format_resolution((360, 640)) == '640x360'
+    for bad in ('640', '640x', 'axb', '0x360'):
+        with pytest.raises(ValueError, match='resolution'):
+            parse_resolution(bad)
+
+
+def test_command_line_exports_a_checkpoint_with_its_metadata(tmp_path, capsys):
+    path = channel_checkpoint(tmp_path / 'rgb.pt', input_size=(48, 64))
+    out = tmp_path / 'onnx'
+    assert main(['--checkpoint', str(path), '--output', str(out), '--check-sizes', '64x48', '203x101']) == 0
+    table = capsys.readouterr().out
+    assert table.count('| ok |') == 2 and '203x101' in table and 'MISMATCH' not in table
+    proto = onnx.load(out / 'rgb.onnx')
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props['model'] == CHANNEL_NET and json.loads(props['input_size']) == [48, 64]
+    assert json.loads(props['labels'])['names'] == list(CHANNEL_LABELS.names)
+    graph_input = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in graph_input] == ['batch', 3, 'height', 'width']
+
+
+def test_command_line_errors(tmp_path, capsys):
+    assert main(['--checkpoint', str(tmp_path / 'missing.pt')]) == 2
+    assert 'missing.pt' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--model', 'enet', '--check-sizes', '640'])
+    assert exit_info.value.code == 2
+    assert 'not WIDTHxHEIGHT' in capsys.readouterr().err

@@ -1,0 +1,162 @@
+"""The inference fast path: model preparation, shape-specialised forwards, backends, the timer,
+and the Segmenter options built on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from seg_ros.export import OnnxRuntimeForward
+from seg_ros.fastpath import StaticShapeForward, build_forward, latencies_ms, prepare_model
+from seg_ros.inference import Segmenter
+from seg_ros.models import SegmentationNet
+
+from .support import channel_checkpoint, expected_channel_mask
+
+
+class TinyNet(SegmentationNet):
+    """Downsampling convolution, transposed convolution, each with a batch-norm, and a pooled branch
+    whose batch-norm reads a concatenation (not foldable): the shapes of the real networks, small."""
+
+    size_divisor = 2
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.BatchNorm2d(5), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.merge_bn = nn.BatchNorm2d(8)
+        self.up = nn.Sequential(nn.ConvTranspose2d(8, num_classes, 2, stride=2), nn.BatchNorm2d(num_classes))
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.merge_bn(torch.cat([self.down(x), self.pool(x)], dim=1)))
+
+
+@pytest.fixture(scope='module')
+def tiny() -> nn.Module:
+    """TinyNet with non-trivial batch-norm statistics, as after training, in eval mode."""
+    torch.manual_seed(0)
+    model = TinyNet().train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 3, 16, 24) * 3 + 1)
+    return model.eval()
+
+
+def test_prepared_model_is_folded_frozen_and_equal(tiny):
+    fast = prepare_model(tiny, channels_last=True, example_size=(16, 24))
+    # The batch-norm after the concatenation stays; the two after convolutions are folded.
+    assert [type(m) for m in fast.modules() if isinstance(m, nn.BatchNorm2d)] == [nn.BatchNorm2d]
+    assert all(not p.requires_grad for p in fast.parameters())
+    assert fast.down[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 15, 27)
+    with torch.no_grad():
+        expected = tiny(x)
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in tiny.modules()) == 3  # the original is untouched
+
+
+def test_prepared_model_in_bf16_is_cast_once(tiny):
+    fast = prepare_model(tiny, precision='bf16', example_size=(16, 24))
+    assert {p.dtype for p in fast.parameters()} == {torch.bfloat16}
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.bfloat16()).float(), tiny(x), atol=0.1, rtol=0.05)
+    with pytest.raises(ValueError, match="precision 'fp8'"):
+        prepare_model(tiny, precision='fp8')
+
+
+def test_latencies_are_one_per_call_after_warmup():
+    calls = []
+    times = latencies_ms(calls.append, [torch.zeros(1), torch.ones(1)], iterations=5, warmup=2)
+    assert times.shape == (5,) and (times >= 0).all()
+    assert len(calls) == 7 and [float(c) for c in calls[2:]] == [0.0, 1.0, 0.0, 1.0, 0.0]  # rotates
+    with pytest.raises(ValueError, match='at least one input and one iteration'):
+        latencies_ms(calls.append, [], iterations=3)
+
+
+def test_static_shape_forward_compiles_the_first_shapes_and_falls_back_after():
+    torch.manual_seed(0)
+    model = prepare_model(TinyNet().eval(), example_size=(8, 8))
+    forward = StaticShapeForward(model, compile=True, max_shapes=1)
+    first, second = torch.randn(1, 3, 8, 8), torch.randn(2, 3, 6, 10)
+    with torch.inference_mode():
+        torch.testing.assert_close(forward(first), model(first))
+        torch.testing.assert_close(forward(second), model(second))  # eager: the one slot is taken
+        torch.testing.assert_close(forward(first), model(first))
+    assert forward.shapes == [(1, 3, 8, 8)]
+
+
+def test_static_shape_forward_rejects_what_it_cannot_do(tiny):
+    with pytest.raises(ValueError, match='compile and/or cuda_graph'):
+        StaticShapeForward(tiny)
+    with pytest.raises(ValueError, match='CUDA graphs need a network on a CUDA device'):
+        StaticShapeForward(tiny, cuda_graph=True)
+
+
+def test_backends_agree_and_auto_times_both(tiny):
+    model = prepare_model(tiny, example_size=(16, 24))
+    example = torch.randn(1, 3, 16, 24)
+    name, forward, timings = build_forward(model, example, backend='torch')
+    assert name == 'torch' and forward is model and timings == {}
+    name, ort_forward, _ = build_forward(model, example, backend='onnxruntime')
+    assert name == 'onnxruntime' and isinstance(ort_forward, OnnxRuntimeForward)
+    odd = torch.randn(2, 3, 37, 91)  # another batch and an odd size than traced
+    with torch.inference_mode():
+        torch.testing.assert_close(ort_forward(odd), model(odd), atol=1e-4, rtol=1e-4)
+    name, chosen, timings = build_forward(model, example, backend='auto')
+    assert set(timings) == {'torch', 'onnxruntime'} and all(t > 0 for t in timings.values())
+    faster = 'onnxruntime' if timings['onnxruntime'] < 0.9 * timings['torch'] else 'torch'
+    assert name == faster and (chosen is model) == (name == 'torch')
+
+
+def test_backend_errors_name_the_fix(tiny):
+    model = prepare_model(tiny, example_size=(16, 24))
+    with pytest.raises(ValueError, match="backend 'tensorrt' is not one of auto, torch, onnxruntime"):
+        build_forward(model, torch.randn(1, 3, 16, 24), backend='tensorrt')
+    with pytest.raises(ValueError, match='onnxruntime backend runs fp32 on a CPU.*use backend "torch"'):
+        build_forward(model.bfloat16(), torch.randn(1, 3, 16, 24).bfloat16(), backend='onnxruntime')
+    # auto at a precision ONNX Runtime does not serve stays on PyTorch without timing anything.
+    assert build_forward(model, torch.randn(1, 3, 16, 24).bfloat16(), backend='auto')[0] == 'torch'
+
+
+def blocks(height: int = 48, width: int = 64) -> np.ndarray:
+    image = np.zeros((height, width, 3), np.uint8)
+    for index, band in enumerate(np.array_split(np.arange(width), 3)):
+        image[:, band, index] = 200
+    return image
+
+
+def test_segmenter_on_onnxruntime_gives_the_same_results(tmp_path):
+    path = channel_checkpoint(tmp_path / 'net.pt', input_size=(48, 64))
+    reference = Segmenter(path, device='cpu')
+    fast = Segmenter(path, device='cpu', backend='onnxruntime', channels_last=True)
+    assert fast.backend == 'onnxruntime' and not fast.channels_last  # ONNX Runtime takes NCHW
+    assert 'backend onnxruntime' in fast.describe() and 'backend torch' in reference.describe()
+    for image in (blocks(), blocks(30, 101)):
+        expected, got = reference.segment(image), fast.segment(image)
+        np.testing.assert_array_equal(got.mask, expected_channel_mask(image))
+        np.testing.assert_array_equal(got.mask, expected.mask)
+        assert np.abs(got.confidence.astype(int) - expected.confidence.astype(int)).max() <= 1
+    auto = Segmenter(path, device='cpu', backend='auto')
+    assert auto.backend in ('torch', 'onnxruntime') and set(auto.backend_timings) == {'torch', 'onnxruntime'}
+    np.testing.assert_array_equal(auto.segment(blocks()).mask, expected_channel_mask(blocks()))
+
+
+def test_segmenter_rejects_cuda_graphs_on_a_cpu(tmp_path):
+    with pytest.raises(ValueError, match='cuda_graphs needs a CUDA device, not cpu'):
+        Segmenter(channel_checkpoint(tmp_path / 'net.pt'), device='cpu', cuda_graphs=True)
+
+
+def test_a_failed_compilation_falls_back_to_eager(caplog):
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU()).eval()
+    forward = StaticShapeForward(model, compile=True)
+    x = torch.randn(1, 3, 4, 4)
+    # PyTorch's own switch for a C++ compile error in inductor's generated code.
+    with torch._inductor.config.patch({'cpp.inject_relu_bug_TESTING_ONLY': 'compile_error'}), \
+            torch.inference_mode():
+        torch.testing.assert_close(forward(x), model(x))
+        torch.testing.assert_close(forward(x), model(x))
+    assert 'torch.compile failed at input (1, 3, 4, 4)' in caplog.text and 'runs eagerly' in caplog.text

@@ -1,0 +1,407 @@
+"""seg-train: recipes and overrides, learning proven on synthetic shapes, exact resume after SIGKILL,
+data problems reported before training, stages, mixed precision, mixup, CamVid, torchrun."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from seg_ros.checkpoint import load_checkpoint
+from seg_ros.data import list_datasets
+from seg_ros.models import SegmentationNet, build_model, get_model_builder, register_model
+from seg_ros.training.cli import eval_main, train_main
+from seg_ros.training.config import RecipeError, load_recipe, recipe_dirs, resolve_stages
+from seg_ros.training.evaluate import evaluate
+from seg_ros.training.losses import build_criterion
+from seg_ros.training.schedules import build_optimizer, build_scheduler
+from seg_ros.training.trainer import Trainer, TrainingError, read_epoch_records
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / 'config' / 'train').glob('*.yaml'))
+TINY_NET = 'test_training_tiny_fcn'
+
+# Class i is drawn in SHAPE_COLORS[i] plus noise: what the network must learn is knowable.
+SHAPE_CLASSES = ('background', 'red_box', 'green_disc', 'blue_bar')
+SHAPE_COLORS = ((128, 128, 128), (220, 40, 40), (40, 200, 60), (40, 60, 220))
+
+TINY_RECIPE = """
+model: {name: %(net)s}
+data: {dataset: folder, root: %(root)s, num_workers: 0}
+augment: {crop_size: [48, 64], scale_range: [0.75, 1.25], hflip: true}
+loss: {name: ce}
+optimizer: {name: adam, lr: 0.02, weight_decay: 0.0}
+scheduler: {name: onecycle}
+train: {epochs: 10, batch_size: 2, seed: 3, deterministic: true, device: cpu, log_every: 4}
+"""
+
+
+class TinyFCN(SegmentationNet):
+    """Two 3x3 convolutions and a classifier: enough for colour-coded classes, fast on a CPU."""
+
+    size_divisor = 1
+
+    def __init__(self, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Dropout2d(0.1), nn.Conv2d(width, num_classes, 1),
+        )
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+try:
+    get_model_builder(TINY_NET)
+except KeyError:
+    @register_model(TINY_NET)
+    def tiny_fcn(*, num_classes: int, width: int = 16) -> TinyFCN:
+        return TinyFCN(num_classes, width)
+
+
+def write_shapes(root: Path, *, train: int = 24, val: int = 8, size: tuple[int, int] = (48, 64),
+                 seed: int = 0) -> Path:
+    """A ``folder`` dataset of noisy coloured boxes, discs and bars on grey, with exact labels."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    classes = [{'name': n, 'color': list(c)} for n, c in zip(SHAPE_CLASSES, SHAPE_COLORS, strict=True)]
+    (root / 'classes.yaml').write_text(json.dumps({'name': 'shapes', 'classes': classes}))
+    height, width = size
+    for split, count in (('train', train), ('val', val)):
+        (root / 'images' / split).mkdir(parents=True, exist_ok=True)
+        (root / 'labels' / split).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            label = np.zeros(size, np.uint8)
+            for cls in (1, 2, 3):
+                y, x = rng.integers(0, height - 12), rng.integers(0, width - 12)
+                h, w = rng.integers(8, 20, size=2)
+                if cls == 2:
+                    cv2.circle(label, (int(x + w // 2), int(y + h // 2)), int(min(h, w) // 2), cls, -1)
+                else:
+                    label[y:y + h, x:x + w] = cls
+            image = np.asarray(SHAPE_COLORS, np.float32)[label] + rng.normal(0, 20, (*size, 3))
+            image = image.clip(0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / 'images' / split / f'{index:03d}.png'), image[..., ::-1])
+            cv2.imwrite(str(root / 'labels' / split / f'{index:03d}.png'), label)
+    return root
+
+
+@pytest.fixture(scope='module')
+def shapes_root(tmp_path_factory) -> Path:
+    return write_shapes(tmp_path_factory.mktemp('shapes'))
+
+
+@pytest.fixture(scope='module')
+def few_shapes_root(tmp_path_factory) -> Path:
+    """Eight training images (four batches of two), for the tests of the machinery."""
+    return write_shapes(tmp_path_factory.mktemp('few_shapes'), train=8, val=4)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks train far faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_recipe_file(folder: Path, root: Path, net: str = TINY_NET) -> Path:
+    path = folder / 'tiny.yaml'
+    path.write_text(TINY_RECIPE % {'net': net, 'root': root})
+    return path
+
+
+def tiny_recipe(folder: Path, root: Path, *overrides: str, net: str = TINY_NET) -> dict:
+    return load_recipe(tiny_recipe_file(folder, root, net), [f'output.dir={folder / "run"}', *overrides])
+
+
+# -- recipes and overrides ------------------------------------------------------------------------------
+
+
+def test_overrides_set_dotted_keys_with_yaml_values():
+    recipe = load_recipe('enet_camvid', [
+        'data.root=/data/camvid', 'optimizer.lr=1e-3', 'augment.crop_size=[256, 320]', 'train.precision=bf16',
+        'loss={name: ohem, threshold: 0.7}', 'model.options={}', 'output.dir=/tmp/x'])
+    assert recipe['data']['root'] == '/data/camvid'
+    assert recipe['optimizer']['lr'] == pytest.approx(1e-3)  # "1e-3" is a float, not YAML 1.1's string
+    assert recipe['augment']['crop_size'] == [256, 320]
+    assert recipe['train']['precision'] == 'bf16'
+    assert recipe['loss'] == {'name': 'ohem', 'threshold': 0.7}
+    assert recipe['output']['dir'] == '/tmp/x'
+    assert load_recipe('enet_camvid')['output']['dir'] == str(Path('runs') / 'enet_camvid')
+
+
+@pytest.mark.parametrize(('override', 'message'), [
+    ('train.epoch=3', "unknown key 'train.epoch' (did you mean 'epochs'?)"),
+    ('augment.crop=[1, 2]', "unknown key 'augment.crop'"),
+    ('stages.2.epochs=1', 'stages is a list of 2'),
+    ('stages.1.epoch=1', "unknown key 'stages.1.epoch' (did you mean 'epochs'?)"),
+    ('train.precision=fp8', "'train.precision': needs one of fp32, fp16, bf16"),
+    ('augment.scale_range=[2, 1]', "'stages.0.augment.scale_range'"),
+    ('train.epochs=5', "'train.epochs': is 5 but the recipe lists stages"),
+    ('data.root', 'is not key=value'),
+])
+def test_bad_overrides_are_errors_naming_the_key(override, message):
+    with pytest.raises(RecipeError) as error:
+        load_recipe('erfnet_camvid', [override])
+    assert message in str(error.value)
+
+
+def test_stages_resolve_shorthands_merged_and_replaced_sections():
+    recipe = load_recipe('enet_cityscapes', [
+        'train.epochs=null',
+        'stages=[{name: s384, epochs: 2, crop_size: [384, 384], batch_size: 64, lr: 0.02},'
+        ' {name: coarse, epochs: 1, data: {train_split: train_extra}, optimizer: {name: adam, lr: 1e-4}},'
+        ' {name: s768, epochs: 3, crop_size: [768, 768], batch_size: 16}]'])
+    first, second, third = resolve_stages(recipe)
+    assert (first.augment['crop_size'], first.batch_size, first.optimizer['lr']) == ([384, 384], 64, 0.02)
+    assert first.optimizer['name'] == 'sgd' and first.optimizer['weight_decay'] == pytest.approx(1e-4)
+    # data is merged key by key, an optimizer spec replaces the top-level one whole
+    assert second.data == {**recipe['data'], 'train_split': 'train_extra'}
+    assert second.optimizer == {'name': 'adam', 'lr': 1e-4}
+    assert (third.augment['crop_size'], third.batch_size, third.epochs) == ([768, 768], 16, 3)
+    assert third.augment['scale_range'] == [0.5, 1.5] and third.loss == recipe['loss']
+
+
+def test_recipe_files_are_found_by_name_and_missing_ones_listed():
+    assert any((d / 'enet_camvid.yaml').is_file() for d in recipe_dirs())
+    with pytest.raises(RecipeError, match='enet_camvid'):
+        load_recipe('no_such_recipe')
+
+
+@pytest.mark.parametrize('path', RECIPES, ids=[p.stem for p in RECIPES])
+def test_bundled_recipe_builds_every_stage(path):
+    """Every recipe names a network, dataset, loss, optimiser and schedule that build as written."""
+    recipe = load_recipe(path)
+    assert path.stem == f'{recipe["model"]["name"]}_{recipe["data"]["dataset"]}'
+    model = build_model(recipe['model']['name'], 19, **recipe['model']['options'])
+    for stage in resolve_stages(recipe):
+        assert stage.data['dataset'] in list_datasets(), f'{stage.name}: unknown dataset'
+        build_criterion(stage.loss, num_classes=19, class_frequencies=np.full(19, 1 / 19))
+        optimizer = build_optimizer(model.parameters(), stage.optimizer)
+        build_scheduler(optimizer, stage.scheduler, steps_per_epoch=10, epochs=stage.epochs)
+
+
+def test_every_network_has_camvid_and_cityscapes_recipes():
+    names = {p.stem for p in RECIPES}
+    for network in ('enet', 'erfnet', 'dsnet'):
+        assert {f'{network}_camvid', f'{network}_cityscapes'} <= names
+    assert {'segfast_camvid', 'segfast_basic_camvid', 'enet_bdd100k'} <= names
+
+
+# -- training -------------------------------------------------------------------------------------------
+
+
+def test_tiny_network_learns_the_shapes(tmp_path, shapes_root, one_thread):
+    """Learning is proven: from chance to a high validation mIoU in seconds, on data it never saw."""
+    started = time.perf_counter()
+    trainer = Trainer(tiny_recipe(tmp_path, shapes_root))
+    untrained = evaluate(trainer.net, trainer._build_stage(trainer.stages[0]).val_loader, num_classes=4,
+                         device=torch.device('cpu')).miou()
+    last = trainer.fit()
+    elapsed = time.perf_counter() - started
+    run = last.parent
+    records = read_epoch_records(run / 'log.jsonl')
+    assert [r['epoch'] for r in records] == list(range(10))
+    assert untrained < 0.4 and trainer.best_miou > 90, (untrained, [r['val']['miou'] for r in records])
+    assert records[-1]['train_loss'] < 0.5 * records[0]['train_loss']
+    assert elapsed < 60
+
+    best = load_checkpoint(run / 'best.pt')
+    assert best.training is None and best.meta['metrics']['miou'] == pytest.approx(trainer.best_miou)
+    assert best.labels.names == SHAPE_CLASSES and best.input_size == (48, 64)
+    assert set(best.meta['metrics']['per_class_iou']) == set(SHAPE_CLASSES)
+    assert {'git_commit', 'host', 'torch', 'time'} <= set(best.meta['provenance'])
+    assert best.meta['recipe']['model']['name'] == TINY_NET
+    final = load_checkpoint(last)
+    assert final.training['epoch'] == 10 and final.training['global_step'] == 10 * 12
+    for name in ('curves.png', 'per_class_iou.png', 'recipe.yaml'):
+        assert (run / name).stat().st_size > 0
+    assert (run / 'curves.png').read_bytes()[:4] == b'\x89PNG'
+
+    # One evaluation path: seg-eval on best.pt gives the mIoU the trainer recorded.
+    report_path = tmp_path / 'eval.json'
+    assert eval_main([str(run / 'best.pt'), '--dataset', 'folder', '--data-root', str(shapes_root),
+                      '--split', 'val', '--json', str(report_path), '--num-workers', '0']) == 0
+    assert json.loads(report_path.read_text())['miou'] == pytest.approx(trainer.best_miou)
+
+
+def _train_command(recipe: Path, output: Path, *extra: str) -> list[str]:
+    argv = [str(recipe), f'output.dir={output}', *extra]
+    code = ('import sys; import test.test_training; from seg_ros.training.cli import train_main; '
+            f'sys.exit(train_main({argv!r}))')
+    return [sys.executable, '-c', code]
+
+
+def _subprocess_env() -> dict[str, str]:
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
+            'OMP_NUM_THREADS': '1'}
+
+
+def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, few_shapes_root, one_thread, caplog):
+    """A run killed with SIGKILL and resumed ends bit-identical to one never interrupted."""
+    recipe = tiny_recipe_file(tmp_path, few_shapes_root)
+    epochs = 'train.epochs=6'
+    Trainer(load_recipe(recipe, [f'output.dir={tmp_path / "whole"}', epochs])).fit()
+
+    killed = tmp_path / 'killed'
+    process = subprocess.Popen(_train_command(recipe, killed, epochs), env=_subprocess_env(), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = killed / 'log.jsonl'
+    while process.poll() is None:
+        if log_path.exists() and '"event": "epoch"' in log_path.read_text():
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+    interrupted_at = load_checkpoint(killed / 'last.pt').training['epoch']
+    assert 1 <= interrupted_at < 6
+
+    with caplog.at_level(logging.INFO, logger='seg_ros.training.trainer'):
+        Trainer(load_recipe(recipe, [f'output.dir={killed}', epochs]), resume=True).fit()
+    assert f'{interrupted_at} epoch(s) done' in caplog.text
+    whole, again = load_checkpoint(tmp_path / 'whole' / 'last.pt'), load_checkpoint(killed / 'last.pt')
+    assert whole.state_dict.keys() == again.state_dict.keys()
+    for key, value in whole.state_dict.items():
+        assert torch.equal(value, again.state_dict[key]), key
+    assert again.training['global_step'] == whole.training['global_step'] == 6 * 4
+    assert [r['epoch'] for r in read_epoch_records(killed / 'log.jsonl')] == list(range(6))
+
+
+def test_data_problems_are_reported_before_training(tmp_path):
+    root = write_shapes(tmp_path / 'data', train=6, val=2)
+    (root / 'images' / 'train' / '001.png').write_bytes(b'not a png')
+    cv2.imwrite(str(root / 'labels' / 'train' / '002.png'), np.zeros((10, 10), np.uint8))
+    (root / 'labels' / 'val' / '000.png').unlink()
+    with pytest.raises(TrainingError) as error:
+        Trainer(tiny_recipe(tmp_path, root))
+    message = str(error.value)
+    assert '3 problem(s)' in message and 'nothing was trained' in message
+    for name in ('images/train/001.png', 'labels/train/002.png', 'labels/val/000.png'):
+        assert name in message
+    assert not (tmp_path / 'run').exists()
+
+
+def test_existing_run_needs_resume_and_resume_needs_training_state(tmp_path, few_shapes_root, one_thread):
+    Trainer(tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=1')).fit()
+    with pytest.raises(TrainingError, match='--resume'):
+        Trainer(tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=1'))
+    with pytest.raises(TrainingError, match='no training state'):
+        Trainer(tiny_recipe(tmp_path, few_shapes_root), resume=tmp_path / 'run' / 'best.pt')
+
+
+def test_mixup_bf16_channels_last_and_a_class_weighted_loss(tmp_path, few_shapes_root, one_thread):
+    trainer = Trainer(tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=2', 'augment.mixup_alpha=0.4',
+                                  'train.precision=bf16', 'train.channels_last=true',
+                                  'loss={name: balanced_ce, c: 1.02}'))
+    trainer.fit()
+    records = read_epoch_records(tmp_path / 'run' / 'log.jsonl')
+    assert all(np.isfinite(r['train_loss']) for r in records)
+    cache = json.loads((tmp_path / 'run' / 'class_frequencies_folder_train.json').read_text())
+    assert cache['classes'] == list(SHAPE_CLASSES) and cache['frequencies'][0] > 0.5
+
+
+def test_progressive_stages_and_erfnet_encoder_first(tmp_path, few_shapes_root, one_thread):
+    """Stages change crop, batch and lr; ERFNet's encoder stage learns on labels at 1/8 resolution."""
+    recipe = tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=null', 'model.name=erfnet',
+                         'optimizer={name: adam, lr: 0.005}', 'scheduler={name: constant}',
+                         'stages=[{name: encoder, epochs: 1, encoder_only: true, crop_size: [32, 32],'
+                         ' batch_size: 4}, {name: full, epochs: 1, crop_size: [48, 64], batch_size: 2,'
+                         ' lr: 0.001}]')
+    trainer = Trainer(recipe)
+    trainer.fit()
+    records = read_epoch_records(tmp_path / 'run' / 'log.jsonl')
+    assert [(r['stage_name'], r['lr']) for r in records] == [('encoder', 0.005), ('full', 0.001)]
+    assert records[0]['val'] is not None and records[0]['best_miou'] is None  # encoder-only is never best
+    last = load_checkpoint(tmp_path / 'run' / 'last.pt')
+    assert last.training['global_step'] == 8 // 4 + 8 // 2
+    assert load_checkpoint(tmp_path / 'run' / 'best.pt').meta['stage'] == 'full'
+
+
+def test_dsnet_recipe_trains_with_owfl_and_the_semantic_encoding_loss(tmp_path, few_shapes_root, one_thread):
+    """The bundled DSNet recipe, on other data: OWFL + SEL through the training-only context head."""
+    overrides = [f'data.root={few_shapes_root}', 'data.dataset=folder', 'data.num_workers=0',
+                 'augment.crop_size=[48, 64]', 'train.epochs=1', 'train.batch_size=4', 'train.device=cpu',
+                 f'output.dir={tmp_path / "run"}']
+    Trainer(load_recipe('dsnet_camvid', overrides)).fit()
+    (record,) = read_epoch_records(tmp_path / 'run' / 'log.jsonl')
+    assert np.isfinite(record['train_loss']) and record['val'] is not None
+    best = load_checkpoint(tmp_path / 'run' / 'best.pt')
+    assert best.model_options == {'context_head': True}
+    with torch.no_grad():
+        assert best.build_model()(torch.zeros(1, 3, 48, 64)).shape == (1, 4, 48, 64)
+    with pytest.raises(RecipeError, match='context head'):
+        Trainer(load_recipe('dsnet_camvid', [*overrides[:-1], f'output.dir={tmp_path / "x"}',
+                                             'model.options={}'])).check()
+
+
+def test_a_stage_asking_for_a_path_the_network_lacks_fails_before_training(tmp_path, few_shapes_root):
+    recipe = tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=null',
+                         'stages=[{name: full, epochs: 1}, {name: enc, epochs: 1, encoder_only: true}]')
+    with pytest.raises(RecipeError, match="stage 'enc'.*encoder_only"):
+        Trainer(recipe).fit()
+    assert not (tmp_path / 'run' / 'last.pt').exists()
+
+
+def test_camvid_frames_lower_the_loss(tmp_path, camvid_root, one_thread):
+    """A few iterations of ENet on eight real CamVid frames lower the training loss."""
+    lines = (camvid_root / 'train.txt').read_text().split('\n')[:8]
+    root = tmp_path / 'camvid8'
+    root.mkdir()
+    absolute = [' '.join(str(camvid_root / f) for f in line.split()) for line in lines]
+    (root / 'train.txt').write_text('\n'.join(absolute) + '\n')
+    recipe = load_recipe('enet_camvid', [
+        f'data.root={root}', 'data.val_split=null', 'data.num_workers=0', f'output.dir={tmp_path / "run"}',
+        'augment.crop_size=[120, 160]', 'augment.scale_range=[0.3333, 0.3333]', 'train.batch_size=4',
+        'train.epochs=5', 'optimizer={name: adam, lr: 0.005}', 'scheduler={name: constant}',
+        'train.device=cpu', 'train.log_every=1'])
+    Trainer(recipe).fit()
+    losses = [r['train_loss'] for r in read_epoch_records(tmp_path / 'run' / 'log.jsonl')]
+    assert len(losses) == 5 and losses[-1] < 0.9 * losses[0], losses
+
+
+def test_cli_prints_recipe_checks_and_reports_errors(tmp_path, few_shapes_root, capsys):
+    recipe = tiny_recipe_file(tmp_path, few_shapes_root)
+    assert train_main([str(recipe), 'train.epochs=2', '--print-recipe']) == 0
+    assert 'epochs: 2' in capsys.readouterr().out
+    assert train_main([str(recipe), f'output.dir={tmp_path / "run"}', '--check']) == 0
+    out = capsys.readouterr().out
+    assert "stage 1 'main': 10 epochs x 4 batches of 2 (8 images)" in out and 'check passed' in out
+    assert not (tmp_path / 'run').exists()
+    assert train_main([str(recipe), 'train.batchsize=2']) == 2
+    assert "unknown key 'train.batchsize' (did you mean 'batch_size'?)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path, few_shapes_root):
+    """DistributedDataParallel over gloo: one process writes, both agree on the weights."""
+    recipe = tiny_recipe_file(tmp_path, few_shapes_root)
+    script = tmp_path / 'train.py'
+    script.write_text('import sys\nimport test.test_training\nfrom seg_ros.training.cli import train_main\n'
+                      'sys.exit(train_main())\n')
+    torchrun = Path(sys.executable).with_name('torchrun')
+    result = subprocess.run(
+        [str(torchrun), '--nproc-per-node', '2', '--master-port', str(29500 + os.getpid() % 1000),
+         str(script), str(recipe), f'output.dir={tmp_path / "run"}', 'train.epochs=2'],
+        env=_subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = load_checkpoint(tmp_path / 'run' / 'last.pt')
+    assert len(last.training['rng']) == 2 and last.training['world_size'] == 2
+    assert last.training['global_step'] == 2 * 8 // (2 * 2)
+    start = json.loads((tmp_path / 'run' / 'log.jsonl').read_text().splitlines()[0])
+    assert start['processes'] == 2
