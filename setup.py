@@ -19,6 +19,7 @@ CONSOLE_SCRIPTS = {
     **NODE_EXECUTABLES,
     'seg-train': 'seg_ros.training.cli:train_main',
     'seg-eval': 'seg_ros.training.cli:eval_main',
+    'seg-study': 'seg_ros.training.studies:main',
     'seg-bag': 'seg_ros.bag.cli:main',
     'seg-bench': 'seg_ros.bench:main',
     'seg-export': 'seg_ros.export:main',

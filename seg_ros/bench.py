@@ -183,6 +183,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         'seg_ros': __version__, 'torch': torch.__version__, 'python': platform.python_version(),
         'platform': platform.platform(), 'cpu': _cpu_name(), 'cpu_cores': os.cpu_count(),
         'torch_threads': torch.get_num_threads(), 'device': str(device),
+        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'default (active)'),
         'load_average_1_5_15': [round(v, 2) for v in os.getloadavg()],
     }
     with contextlib.suppress(ImportError):
@@ -311,11 +312,8 @@ def bench_forward(args: argparse.Namespace, device: torch.device) -> tuple[list[
         for size in args.resolutions:
             candidates = []
             for precision in args.precisions:
-                used, _ = resolve_precision(precision, device)
                 for mode in (MODES[name] for name in args.modes):
                     reason = mode.unavailable(device, precision)
-                    if used != precision:
-                        reason = f'{precision} has no native support on this {device.type}'
                     if reason:
                         skipped.append({'network': network, 'resolution': format_resolution(size),
                                         'precision': precision, 'mode': mode.name, 'reason': reason})
@@ -366,9 +364,13 @@ def _forward_row(args: argparse.Namespace, candidate: _Candidate, size: tuple[in
     medians = [float(np.median(run)) for run in candidate.runs]
     summary = _summary(times)
     weights = sum(t.numel() * t.element_size() for t in [*candidate.model.parameters(), *candidate.model.buffers()])
+    # A precision the Segmenter would not use here (no native support: emulated, slower) is still
+    # measured, as the reason why.
+    native = resolve_precision(candidate.precision, device)[0] == candidate.precision
     return {
         'resolution': format_resolution(size), 'height': size[0], 'width': size[1], 'batch': args.batch,
-        'precision': candidate.precision, 'mode': candidate.mode.name, 'backend': candidate.backend, **summary,
+        'precision': candidate.precision, 'native_precision': native, 'mode': candidate.mode.name,
+        'backend': candidate.backend, **summary,
         'fps': 1000.0 * args.batch / summary['p50_ms'], 'repeat_p50_ms': medians,
         'spread_pct': 100.0 * (max(medians) - min(medians)) / summary['p50_ms'],
         'iterations': int(times.size), 'weights_mib': weights / MIB, 'peak_activation_mib': peak,
@@ -474,15 +476,12 @@ def _fastdds_profile() -> str | None:
 
 @contextlib.contextmanager
 def node_process(checkpoint: Path, network: str, topics: Sequence[str], *, device: str, precision: str,
-                 size: tuple[int, int], threads: int | None, log_path: Path) -> Iterator[subprocess.Popen]:
+                 size: tuple[int, int], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
     """``segment_node`` in its own process, stopped with SIGINT (as ros2 run would) on exit."""
     parameters = {'model': network, 'weights': str(checkpoint), 'image_topics': f'[{",".join(topics)}]',
                   'device': device, 'precision': precision, 'input_height': size[0], 'input_width': size[1]}
     command = [sys.executable, '-c', 'import sys; from seg_ros.ros.node import main; sys.exit(main())',
                '--ros-args', *(arg for key, value in parameters.items() for arg in ('-p', f'{key}:={value}'))]
-    env = dict(os.environ)
-    if threads:
-        env['OMP_NUM_THREADS'] = str(threads)
     with open(log_path, 'w') as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -519,7 +518,8 @@ class _Rig:
         self.lock = threading.Lock()
         self.arrivals: list[dict[int, int]] = [{} for _ in topics]  # stamp ns -> arrival ns
         self.ready = [False] * len(topics)
-        self.diagnostics: dict[str, dict[str, str]] = {}
+        self.diagnostics: dict[str, dict[str, str]] = {}  # latest values per hardware_id
+        self.node_inference_ms: list[float] = []  # the node's own segment_batch p50 of each report
         for index, topic in enumerate(topics):
             prefix = output_prefix(topic, 'segmentation')
             node.create_subscription(Image, f'{prefix}/mask', self._on_mask(index), 10)
@@ -546,7 +546,10 @@ class _Rig:
     def _on_diagnostics(self, msg: Any) -> None:
         with self.lock:
             for status in msg.status:
-                self.diagnostics[status.hardware_id] = {kv.key: kv.value for kv in status.values}
+                values = {kv.key: kv.value for kv in status.values}
+                self.diagnostics[status.hardware_id] = values
+                if values.get('inference p50 (ms)', 'nan') != 'nan':
+                    self.node_inference_ms.append(float(values['inference p50 (ms)']))
 
     def publish_for(self, rate_hz: float, seconds: float) -> list[list[int]]:
         """Every camera publishes its next frame (stamped now) at ``rate_hz`` for ``seconds``."""
@@ -601,13 +604,15 @@ def run_node(args: argparse.Namespace, checkpoint: Path, network: str, size: tup
     rig = _Rig(context, topics, frames)
     try:
         with node_process(checkpoint, network, topics, device=args.node_device, precision=args.node_precision,
-                          size=size, threads=args.threads, log_path=log_path) as process:
+                          size=size, env=_node_env(args), log_path=log_path) as process:
             _wait(lambda: all(rig.ready), args.node_start_timeout, 'the node to start', process, log_path)
             node_ps, own_ps = psutil.Process(process.pid), psutil.Process()
             rig.publish_for(rate_hz, args.node_settle)  # discovery, first frames, allocator
             dropped_before = _node_drops(rig, topics, process, log_path)
             memory: list[tuple[float, float]] = []
             sampler = _MemorySampler(node_ps, memory) if sample_memory else None
+            with rig.lock:
+                rig.node_inference_ms.clear()
             cpu_before = (node_ps.cpu_times(), own_ps.cpu_times(), time.perf_counter())
             stamps = rig.publish_for(rate_hz, seconds)
             cpu_after = (node_ps.cpu_times(), own_ps.cpu_times(), time.perf_counter())
@@ -637,6 +642,8 @@ def run_node(args: argparse.Namespace, checkpoint: Path, network: str, size: tup
         'output_rate_hz': received / cameras / wall,
         'node_cpu_cores': _cpu_seconds(cpu_before[0], cpu_after[0]) / wall,
         'rig_cpu_cores': _cpu_seconds(cpu_before[1], cpu_after[1]) / wall,
+        # The node's own figure: segment_batch (conversion, pre/post-processing and forward).
+        'node_segment_p50_ms': float(np.median(rig.node_inference_ms)) if rig.node_inference_ms else None,
         'load_average': _load_average(),
         **({'latency_' + k: v for k, v in _summary(times).items()} if times.size else {}),
     }
@@ -680,26 +687,53 @@ class _MemorySampler:
         self._thread.join()
 
 
-class _BareForward:
-    """The forward of the Segmenter the node builds (same checkpoint and settings), timed here.
+def forward_probe(spec: str) -> None:
+    """Entry of the process ``probe_forward`` starts: prints the forward times (ms) as JSON."""
+    options = json.loads(spec)
+    segmenter = Segmenter(options['checkpoint'], device=options['device'], precision=options['precision'])
+    frames = torch.rand(options['batch'], 3, *segmenter.input_size, device=segmenter.device) * 255
+    period = 1.0 / options['rate_hz'] if options['rate_hz'] else 0.0
+    times: list[float] = []
 
-    ``measure`` is called before and after a node run, so the samples see the machine's load of
-    both times; the median of all of them is the forward the node is compared with.
+    def work() -> None:  # in a thread of its own, as the node's worker
+        for _ in range(options['iterations']):
+            start = time.perf_counter()
+            times.extend(latencies_ms(segmenter.forward, [frames], iterations=1, warmup=0).tolist())
+            time.sleep(max(0.0, period - (time.perf_counter() - start)))
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    print(json.dumps(times))
+
+
+def probe_forward(args: argparse.Namespace, checkpoint: Path, batch: int,
+                  rate_hz: float | None = None) -> dict[str, float]:
+    """The bare forward of the Segmenter the node builds (same checkpoint and settings), timed in
+    a process of its own started like the node's, from a worker thread, called at ``rate_hz``
+    (None: back to back): its median and p99 in ms.
+
+    Timed in this process instead, the same forward measured up to 1.5x slower on the shared CPU
+    (a process that has done other work is not a fair stand-in for the node).
     """
+    spec = json.dumps({'checkpoint': str(checkpoint), 'device': args.node_device,
+                       'precision': args.node_precision, 'batch': batch, 'rate_hz': rate_hz,
+                       'iterations': args.node_forward_iterations})
+    command = [sys.executable, '-c', 'import sys; from seg_ros.bench import forward_probe; '
+               'forward_probe(sys.argv[1])', spec]
+    result = subprocess.run(command, capture_output=True, text=True, env=_node_env(args),
+                            timeout=args.node_start_timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f'the forward probe failed ({result.returncode}):\n{result.stderr[-2000:]}')
+    times = json.loads(result.stdout.strip().splitlines()[-1])
+    return {'forward_p50_ms': float(np.median(times)), 'forward_p99_ms': float(np.percentile(times, 99))}
 
-    def __init__(self, args: argparse.Namespace, checkpoint: Path, size: tuple[int, int], batch: int) -> None:
-        self.segmenter = Segmenter(checkpoint, device=args.node_device, precision=args.node_precision,
-                                   warmup=False)
-        self.frames = torch.rand(batch, 3, *size, device=self.segmenter.device) * 255
-        self.iterations = args.node_forward_iterations
-        self.samples: list[float] = []
 
-    def measure(self) -> dict[str, float]:
-        """Median and p99 (ms) of all samples so far, after taking more."""
-        self.samples += latencies_ms(self.segmenter.forward, [self.frames], iterations=self.iterations,
-                                     warmup=1).tolist()
-        return {'forward_p50_ms': float(np.median(self.samples)),
-                'forward_p99_ms': float(np.percentile(self.samples, 99))}
+def _node_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ)
+    if args.threads:
+        env['OMP_NUM_THREADS'] = str(args.threads)
+    return env
 
 
 def bench_node(args: argparse.Namespace, folder: Path) -> list[dict]:
@@ -709,15 +743,14 @@ def bench_node(args: argparse.Namespace, folder: Path) -> list[dict]:
         for size in args.node_resolutions:
             checkpoint = random_checkpoint(network, size, folder)
             for cameras in args.node_cameras:
-                bare = _BareForward(args, checkpoint, size, cameras)
-                capacity_hz = 1000.0 / bare.measure()['forward_p50_ms']  # batches/s: a frame per camera
-                rate = args.node_rate or min(30.0, 0.5 * capacity_hz)
+                rate = args.node_rate
+                if rate is None:  # batches/s: one frame of every camera in a batch
+                    rate = min(30.0, 0.5 * 1000.0 / probe_forward(args, checkpoint, cameras)['forward_p50_ms'])
                 row = run_node(args, checkpoint, network, size, cameras, rate, args.node_seconds, folder)
-                row.update(bare.measure(), forward_batch=cameras)
-                forward_ms = row['forward_p50_ms']
+                row.update(probe_forward(args, checkpoint, cameras, rate), forward_batch=cameras)
                 if 'latency_p50_ms' in row:
-                    row['e2e_over_forward'] = row['latency_p50_ms'] / forward_ms
-                    row['overhead_ms'] = row['latency_p50_ms'] - forward_ms
+                    row['e2e_over_forward'] = row['latency_p50_ms'] / row['forward_p50_ms']
+                    row['overhead_ms'] = row['latency_p50_ms'] - row['forward_p50_ms']
                 rows.append(row)
                 print(f'  node {network} {cameras} x {format_resolution(size)} at {rate:.1f} Hz: '
                       f'p50 {row.get("latency_p50_ms", float("nan")):.1f} ms', file=sys.stderr, flush=True)
@@ -728,11 +761,11 @@ def bench_overload(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """One camera at twice the capacity the bare forward allows, with the node's memory sampled."""
     network, size = args.node_networks[0], args.overload_resolution
     checkpoint = random_checkpoint(network, size, folder)
-    bare = _BareForward(args, checkpoint, size, 1)
-    rate = 2.0 * 1000.0 / bare.measure()['forward_p50_ms']
+    forward = probe_forward(args, checkpoint, 1)
+    rate = 2.0 * 1000.0 / forward['forward_p50_ms']
     row = run_node(args, checkpoint, network, size, 1, rate, args.overload_seconds, folder,
                    sample_memory=True)
-    row.update(bare.measure())
+    row.update(forward)
     # The node's real capacity is what it delivered while saturated.
     row['input_over_output_rate'] = rate / row['output_rate_hz'] if row['output_rate_hz'] else None
     memory = np.asarray(row['memory_mib'], np.float64).reshape(-1, 2)
@@ -911,8 +944,8 @@ def _defaults(args: argparse.Namespace, device: torch.device) -> None:
         'node_networks': ['enet', 'erfnet'] if cuda and not quick else ['enet'],
         'node_resolutions': [(360, 640)] if quick else list(NODE_RESOLUTIONS),
         'node_cameras': [1] if quick else [1, 4],
-        'node_seconds': 4.0 if quick else 15.0,
-        'node_forward_iterations': 30 if cuda else 4,
+        'node_seconds': 4.0 if quick else (15.0 if cuda else 10.0),
+        'node_forward_iterations': 100 if cuda else 12,
         'message_iterations': 30 if cuda else 3,
         'overload_seconds': 8.0 if quick else 30.0,
         'train_networks': networks if cuda else ['enet'],
@@ -931,6 +964,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # fixed shapes, as in the Segmenter
     _defaults(args, device)
     results: dict[str, Any] = {'machine': machine_info(device), 'command': args.command,
                                'modes': {name: mode.description for name, mode in MODES.items()},
@@ -963,14 +998,15 @@ def report(results: dict[str, Any]) -> str:
     machine = results['machine']
     parts = [f'# seg-bench on {machine.get("gpu") or machine["cpu"]}',
              f'torch {machine["torch"]}, onnxruntime {machine.get("onnxruntime", "-")}, '
-             f'{machine["torch_threads"]} threads, load average {machine["load_average_1_5_15"]} at start, '
-             f'{machine.get("load_average_end")} at the end; command: `{results["command"]}`']
+             f'{machine["torch_threads"]} threads, OMP_WAIT_POLICY {machine["omp_wait_policy"]}, '
+             f'load average {machine["load_average_1_5_15"]} at start, {machine.get("load_average_end")} '
+             f'at the end; command: `{results["command"]}`']
     if results.get('forward'):
         parts += ['## Forward (batch 1 unless stated)', markdown_table(results['forward'], {
-            'network': 'network', 'resolution': 'WxH', 'precision': 'precision', 'mode': 'mode',
-            'p50_ms': 'median ms', 'p99_ms': 'p99 ms', 'fps': 'frames/s', 'spread_pct': 'spread %',
-            'params': 'params', 'gmacs': 'GMACs', 'weights_mib': 'weights MiB',
-            'peak_activation_mib': 'peak act. MiB', 'load_average': 'load'})]
+            'network': 'network', 'resolution': 'WxH', 'precision': 'precision',
+            'native_precision': 'native', 'mode': 'mode', 'p50_ms': 'median ms', 'p99_ms': 'p99 ms',
+            'fps': 'frames/s', 'spread_pct': 'spread %', 'params': 'params', 'gmacs': 'GMACs',
+            'weights_mib': 'weights MiB', 'peak_activation_mib': 'peak act. MiB', 'load_average': 'load'})]
         shares = [dict(network=r['network'], resolution=r['resolution'], **r['op_shares_pct'])
                   for r in results['forward'] if r.get('op_shares_pct')]
         if shares:
@@ -993,7 +1029,8 @@ def report(results: dict[str, Any]) -> str:
             'network': 'network', 'resolution': 'WxH', 'cameras': 'cameras', 'rate_hz': 'rate Hz',
             'latency_p50_ms': 'p50 ms', 'latency_p99_ms': 'p99 ms', 'output_rate_hz': 'out Hz/camera',
             'published': 'sent', 'dropped': 'dropped', 'node_cpu_cores': 'node CPU (cores)',
-            'forward_p50_ms': 'forward ms', 'e2e_over_forward': 'e2e / forward', 'load_average': 'load'})]
+            'node_segment_p50_ms': 'node segment ms', 'forward_p50_ms': 'forward ms',
+            'e2e_over_forward': 'e2e / forward', 'load_average': 'load'})]
     if results.get('overload'):
         parts += ['## Overload (twice the capacity)', markdown_table([results['overload']], {
             'network': 'network', 'resolution': 'WxH', 'rate_hz': 'rate Hz', 'seconds': 's',

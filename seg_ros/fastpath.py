@@ -10,11 +10,13 @@
   which times both on the real input and keeps the faster).
 - ``latencies_ms``: the timer all of them and the benchmark use (CUDA-synchronised).
 
-Folding needs to know which batch-norm reads which convolution's output, which the module tree
-alone does not say. One traced forward answers it: a hook records each convolution's output
-tensor, and a batch-norm whose input *is* that tensor (and the convolution's only reader) is folded
-into it. The folded network is checked against the original on the traced input; a mismatch
-keeps the original, so a network with an unusual wiring is never silently broken.
+Folding needs to know which batch-norm reads which convolution's output (or feeds which
+convolution), which the module tree alone does not say. One traced forward answers it: hooks record
+each convolution's and batch-norm's output tensor and the modules that read it. A batch-norm that
+is the only reader of a convolution's output is folded into that convolution; one whose only
+reader is an unpadded convolution (SegFast's pre-activation 1x1 convolutions) is folded into it.
+The folded network is checked against the original on the traced input; a mismatch keeps the
+original, so a network with an unusual wiring is never silently broken.
 """
 
 from __future__ import annotations
@@ -37,25 +39,26 @@ _FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d)
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 BACKENDS = ('auto', 'torch', 'onnxruntime')
+MAX_CHANGED_SHARE = 1e-3
 # ``auto`` keeps ONNX Runtime only when it is faster by more than timing noise.
 AUTO_MARGIN = 0.9
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _trace_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
-    """(conv name, batch-norm name) pairs where the batch-norm is the conv output's sole reader."""
+def _trace_readers(model: nn.Module, example: torch.Tensor) -> dict[str, list[str]]:
+    """For each convolution and batch-norm, the leaf modules that read its output (one forward)."""
     produced: dict[int, str] = {}
     readers: dict[str, list[str]] = {}
-    keep_alive: list[torch.Tensor] = []
+    keep_alive: list[torch.Tensor] = []  # no id() reused while tracing
     hooks = []
 
-    def on_conv(name: str):
+    def on_output(name: str):
         def hook(_module, _inputs, output):
             produced[id(output)] = name
             keep_alive.append(output)
         return hook
 
-    def on_any(name: str):
+    def on_input(name: str):
         def hook(_module, inputs):
             for tensor in inputs:
                 if isinstance(tensor, torch.Tensor) and id(tensor) in produced:
@@ -63,24 +66,49 @@ def _trace_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str
         return hook
 
     for name, module in model.named_modules():
-        if isinstance(module, _FOLDABLE):
-            hooks.append(module.register_forward_hook(on_conv(name)))
+        if isinstance(module, (*_FOLDABLE, nn.BatchNorm2d)):
+            hooks.append(module.register_forward_hook(on_output(name)))
         if not list(module.children()):
-            hooks.append(module.register_forward_pre_hook(on_any(name)))
+            hooks.append(module.register_forward_pre_hook(on_input(name)))
     try:
         with torch.no_grad():
             model(example)
     finally:
         for hook in hooks:
             hook.remove()
+    return readers
+
+
+def _fold_pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(conv, batch-norm) pairs where the batch-norm is the sole reader of the conv's output, and
+    (batch-norm, conv) pairs of a batch-norm whose sole reader is a convolution it folds into exactly."""
     modules = dict(model.named_modules())
-    return [(conv, users[0]) for conv, users in readers.items()
-            if len(users) == 1 and isinstance(modules[users[0]], nn.BatchNorm2d)]
+    sole = {name: users[0] for name, users in _trace_readers(model, example).items() if len(users) == 1}
+    after = [(conv, bn) for conv, bn in sole.items()
+             if isinstance(modules[conv], _FOLDABLE) and isinstance(modules[bn], nn.BatchNorm2d)]
+    taken = {bn for _, bn in after}
+    before = [(bn, conv) for bn, conv in sole.items() if isinstance(modules[bn], nn.BatchNorm2d)
+              and bn not in taken and _takes_input_norm(modules[conv])]
+    return after, before
+
+
+def _takes_input_norm(module: nn.Module) -> bool:
+    """Whether a batch-norm before ``module`` folds into it exactly: a convolution without padding.
+
+    Padding would be applied to the normalised input in the original and to the raw input in the
+    folded one; a transposed convolution's bias cannot carry a shift that varies with position.
+    """
+    return type(module) is nn.Conv2d and all(p == 0 for p in module.padding)
+
+
+def _norm_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias.detach() - bn.running_mean * scale
 
 
 def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias.detach() - bn.running_mean * scale
+    """conv followed by bn -> conv: scale each output channel, shift its bias."""
+    scale, shift = _norm_scale_shift(bn)
     weight = conv.weight.detach()
     if isinstance(conv, nn.ConvTranspose2d):
         # weight is (in, out / groups, kh, kw): output channel o = g * (out / groups) + j.
@@ -94,28 +122,49 @@ def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(bias * scale + shift)
 
 
+def _fold_input_norm(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> None:
+    """bn followed by conv -> conv: scale each input channel's weights, add their shift to the bias."""
+    scale, shift = _norm_scale_shift(bn)
+    weight = conv.weight.detach()
+    groups = conv.groups
+    # weight is (out, in / groups, kh, kw): group g of outputs reads input channels g * (in / groups) + j.
+    w = weight.view(groups, weight.shape[0] // groups, weight.shape[1], -1)
+    shift_by_output = (w * shift.view(groups, 1, -1, 1)).sum(dim=(2, 3)).reshape(-1)
+    conv.weight.data = (w * scale.view(groups, 1, -1, 1)).reshape_as(weight)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(shift_by_output)
+    conv.bias = nn.Parameter(bias + shift_by_output)
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition('.')
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) -> nn.Module:
-    """A copy of ``model`` (in eval mode) with batch-norms folded into their convolutions."""
+    """A copy of ``model`` (in eval mode) with batch-norms folded into the convolutions before them
+    or, where exact (no padding), after them."""
     model = model.eval()
     folded = copy.deepcopy(model)
-    pairs = _trace_pairs(folded, example)
+    after, before = _fold_pairs(folded, example)
     modules = dict(folded.named_modules())
-    for conv_name, bn_name in pairs:
+    for conv_name, bn_name in after:
         _fold(modules[conv_name], modules[bn_name])
+    for bn_name, conv_name in before:
+        _fold_input_norm(modules[bn_name], modules[conv_name])
+    for bn_name in [bn for _, bn in after] + [bn for bn, _ in before]:
         _replace(folded, bn_name, nn.Identity())
     with torch.no_grad():
         reference, result = model(example), folded(example)
-    error = (reference - result).abs().max().item()
-    scale = reference.abs().max().item() + 1e-6
-    if error > atol * max(scale, 1.0):
-        log.warning('batch-norm folding changed the output by %.3g; keeping the unfolded network', error)
+    # Folding is exact arithmetic, but rounding differences can still flip a near-tie in a max-pool
+    # and move an unpooled value (ENet at 1280x720, random weights: 0.7% off at a few outputs). A
+    # wrong wiring changes most outputs; a share beyond MAX_CHANGED_SHARE rejects the folding.
+    changed = ((reference - result).abs() > atol * max(reference.abs().max().item(), 1.0)).float().mean().item()
+    if changed > MAX_CHANGED_SHARE:
+        log.warning('batch-norm folding changed %.3g%% of the outputs; keeping the unfolded network',
+                    100 * changed)
         return model
-    log.debug('folded %d batch-norm layers (max output change %.2g)', len(pairs), error)
+    log.debug('folded %d batch-norm layers (%.2g%% of the outputs changed)', len(after) + len(before),
+              100 * changed)
     return folded
 
 

@@ -97,9 +97,11 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def _cpu_supports_bf16() -> bool:
+    """Native bf16 arithmetic (AVX512-BF16 or AMX). oneDNN also runs bf16 on plain AVX-512, by
+    emulation, measured 2x slower than fp32 there (docs/BENCHMARKS.md)."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
         return False
 
 
@@ -133,8 +135,9 @@ class Segmenter:
         output_size: ``input`` (results at each image's own size, aligned pixel for pixel with it
             and its CameraInfo) or ``network`` (results at ``input_size``, smaller and cheaper).
         min_confidence: pixels whose top-class probability is below this get ``IGNORE_INDEX``.
-        channels_last: NHWC memory format; default on for CUDA, off for CPU.
-        fold_bn: fold batch-norm layers into the convolutions before them.
+        channels_last: NHWC memory format: faster on CUDA and, measured, on CPUs too
+            (docs/BENCHMARKS.md).
+        fold_bn: fold batch-norm layers into the convolutions next to them (``fastpath``).
         warmup: run the network a few times at start so that the first frame is not slow.
         backend: ``torch``, ``onnxruntime`` (fp32 on a CPU) or ``auto`` (on a CPU at fp32, times
             both on the input size at start and keeps the faster; PyTorch otherwise).
@@ -147,7 +150,7 @@ class Segmenter:
     def __init__(self, checkpoint: Checkpoint | str | Path, *, device: str = 'auto',
                  precision: str = 'fp32', input_size: tuple[int, int] | None = None,
                  output_size: str = 'input', min_confidence: float = 0.0,
-                 channels_last: bool | None = None, fold_bn: bool = True, warmup: bool = True,
+                 channels_last: bool = True, fold_bn: bool = True, warmup: bool = True,
                  backend: str = 'torch', compile: bool = False, cuda_graphs: bool | None = None) -> None:
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.device = resolve_device(device)
@@ -162,7 +165,7 @@ class Segmenter:
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f'min_confidence {min_confidence} is outside 0..1')
         self.min_confidence = float(min_confidence)
-        self.channels_last = self.device.type == 'cuda' if channels_last is None else channels_last
+        self.channels_last = channels_last
 
         cuda = self.device.type == 'cuda'
         if cuda_graphs and not cuda:

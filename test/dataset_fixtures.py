@@ -54,15 +54,20 @@ def make_camvid(root: Path, split: str, labels: Sequence[np.ndarray]) -> list[np
     return images
 
 
-def make_cityscapes(root: Path, split: str, frames: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``frames`` maps '<city>_<seq>_<frame>' to a labelIds array; returns the written images."""
+def make_cityscapes(root: Path, split: str, frames: dict[str, np.ndarray], *,
+                    annotations: str = 'gtFine') -> dict[str, np.ndarray]:
+    """``frames`` maps '<city>_<seq>_<frame>' to a labelIds array; returns the written images.
+
+    ``annotations`` is the label folder, ``gtFine`` or ``gtCoarse`` (train_extra has only the latter).
+    """
     images = {}
     for i, (stem, label_ids) in enumerate(frames.items()):
         city = stem.split('_')[0]
         images[stem] = random_rgb(*label_ids.shape, seed=i)
         write_rgb(root / 'leftImg8bit' / split / city / f'{stem}_leftImg8bit.png', images[stem])
-        write_gray(root / 'gtFine' / split / city / f'{stem}_gtFine_labelIds.png', label_ids)
-        write_gray(root / 'gtFine' / split / city / f'{stem}_gtFine_instanceIds.png', label_ids)
+        label_dir = root / annotations / split / city
+        write_gray(label_dir / f'{stem}_{annotations}_labelIds.png', label_ids)
+        write_gray(label_dir / f'{stem}_{annotations}_instanceIds.png', label_ids)
     return images
 
 

@@ -10,6 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from seg_ros.bench import MODES, PAPER_FIGURES, evaluate_targets, main, markdown_table
+from seg_ros.inference import resolve_precision
 from seg_ros.models import build_model, count_parameters
 
 
@@ -22,19 +23,24 @@ def run(tmp_path, capsys, *argv: str) -> tuple[dict, str]:
 def test_forward_and_training_figures_are_complete_and_consistent(tmp_path, capsys):
     results, markdown = run(
         tmp_path, capsys, '--sections', 'forward', 'training', '--networks', 'enet', '--resolutions', '96x64',
-        '--precisions', 'fp32', 'fp16', '--modes', 'eager', 'channels_last', 'onnxruntime', 'cuda_graph',
+        '--precisions', 'fp32', 'bf16', '--modes', 'eager', 'channels_last', 'onnxruntime', 'cuda_graph',
         '--iterations', '2', '--repeats', '2', '--warmup', '1', '--train-size', '32x32',
         '--train-iterations', '1')
     assert results['command'].startswith('seg-bench --sections forward training')
     assert results['machine']['torch'] == torch.__version__ and len(results['machine']['load_average_1_5_15']) == 3
 
-    rows = {row['mode']: row for row in results['forward']}
+    rows = {row['mode']: row for row in results['forward'] if row['precision'] == 'fp32'}
     assert sorted(rows) == ['channels_last', 'eager', 'onnxruntime']
+    bf16 = {row['mode']: row for row in results['forward'] if row['precision'] == 'bf16'}
+    assert sorted(bf16) == ['channels_last', 'eager']  # ONNX Runtime serves fp32 only
+    native = resolve_precision('bf16', torch.device('cpu'))[0] == 'bf16'
+    assert all(row['native_precision'] == native for row in bf16.values())
+    assert all(row['native_precision'] for row in rows.values())
     model = build_model('enet', num_classes=19).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, 3, 64, 96))
-    for mode, row in rows.items():
+    for mode, row in [*rows.items(), *bf16.items()]:
         assert (row['width'], row['height'], row['resolution']) == (96, 64, '96x64')
         assert 0 < row['p50_ms'] <= row['p99_ms'] <= row['max_ms']
         assert row['fps'] == pytest.approx(1000.0 / row['p50_ms'])
@@ -49,11 +55,12 @@ def test_forward_and_training_figures_are_complete_and_consistent(tmp_path, caps
     assert shares['convolution'] > 0 and sum(shares.values()) == pytest.approx(100, abs=1)
 
     skipped = {(s['precision'], s['mode']): s['reason'] for s in results['skipped']}
-    assert skipped[('fp32', 'cuda_graph')] == 'CUDA graphs need a CUDA device'
-    assert 'no native support' in skipped[('fp16', 'eager')] and len(skipped) == 5
+    assert skipped == {('fp32', 'cuda_graph'): 'CUDA graphs need a CUDA device',
+                       ('bf16', 'cuda_graph'): 'CUDA graphs need a CUDA device',
+                       ('bf16', 'onnxruntime'): 'the ONNX Runtime backend runs fp32 on a CPU'}
 
     (speedup,) = results['speedup']
-    fastest = min(rows['channels_last'], rows['onnxruntime'], key=lambda r: r['p50_ms'])
+    fastest = min([rows['channels_last'], rows['onnxruntime'], *bf16.values()], key=lambda r: r['p50_ms'])
     assert speedup['best_mode'] == fastest['mode']
     assert speedup['speedup'] == pytest.approx(rows['eager']['p50_ms'] / fastest['p50_ms'])
     (target,) = results['targets']
@@ -72,7 +79,8 @@ def test_forward_and_training_figures_are_complete_and_consistent(tmp_path, caps
 def test_node_sections_measure_the_real_node_over_dds(tmp_path, capsys):
     results, markdown = run(
         tmp_path, capsys, '--sections', 'messages', 'node', 'overload', '--node-networks', 'enet',
-        '--node-resolutions', '96x64', '--node-cameras', '1', '--node-seconds', '2', '--node-settle', '0.5',
+        '--node-resolutions', '96x64', '--node-cameras', '1', '--node-rate', '5', '--node-seconds', '2',
+        '--node-settle', '0.5',
         '--overload-seconds', '2', '--overload-resolution', '96x64', '--message-iterations', '2',
         '--node-forward-iterations', '2')
 

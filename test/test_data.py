@@ -121,6 +121,41 @@ def test_cityscapes_label_ids_become_train_ids(tmp_path):
         build_dataset('cityscapes', tmp_path, 'val')
 
 
+def test_cityscapes_coarse_annotations_and_train_extra(tmp_path):
+    frame = 'aachen_000000_000019'
+    make_cityscapes(tmp_path, 'train', {frame: labels_with([7, 26, 24, 0])})
+    make_cityscapes(tmp_path, 'train', {frame: labels_with([7, 0], seed=1)}, annotations='gtCoarse')
+    extra = {'augsburg_000000_000001': labels_with([21, 23, 0], seed=2),
+             'bayreuth_000000_000002': labels_with([11, 4], seed=3)}
+    images = make_cityscapes(tmp_path, 'train_extra', extra, annotations='gtCoarse')
+    expected = {7: 0, 26: 13, 24: 11, 0: 255, 21: 8, 23: 10, 11: 2, 4: 255}
+
+    coarse = build_dataset('cityscapes', tmp_path, 'train_extra', annotations='coarse')
+    assert coarse.label_set is CITYSCAPES19 and coarse.annotations == 'coarse'
+    assert [label.relative_to(tmp_path).as_posix() for _, label in coarse.files] == [
+        'gtCoarse/train_extra/augsburg/augsburg_000000_000001_gtCoarse_labelIds.png',
+        'gtCoarse/train_extra/bayreuth/bayreuth_000000_000002_gtCoarse_labelIds.png']
+    for (stem, label_ids), (image, label) in zip(extra.items(), coarse, strict=True):
+        assert (image == images[stem]).all()
+        assert (label == np.vectorize(expected.get)(label_ids)).all()
+    assert validate_dataset(coarse) == []
+
+    # The same train frame, labelled by the annotation set asked for (fine is the default).
+    fine_label = build_dataset('cityscapes', tmp_path, 'train')[0][1]
+    coarse_label = build_dataset('cityscapes', tmp_path, 'train', annotations='coarse')[0][1]
+    assert set(np.unique(fine_label)) == {0, 13, 11, 255} and set(np.unique(coarse_label)) == {0, 255}
+
+    with pytest.raises(DatasetError, match=r"split 'train_extra' \(fine annotations\): no folder .*gtFine"):
+        build_dataset('cityscapes', tmp_path, 'train_extra')
+    with pytest.raises(DatasetError, match="annotations 'polygons': expected one of fine, coarse"):
+        build_dataset('cityscapes', tmp_path, 'train', annotations='polygons')
+    with pytest.raises(DatasetError, match=r"'cityscapes' does not take option\(s\) annotation; it takes: "
+                                           r"annotations$"):
+        build_dataset('cityscapes', tmp_path, 'train', annotation='coarse')
+    with pytest.raises(DatasetError, match="'camvid' does not take option.* it takes: no options"):
+        build_dataset('camvid', tmp_path, 'train', annotations='coarse')
+
+
 @pytest.mark.parametrize('layout', ['current', 'older'])
 def test_bdd100k_layouts(tmp_path, layout):
     stored = {'7d2f7975-e0c1c5a7': labels_with([0, 13, 18, 255]), '0a0a0b1a-7c39d841': labels_with([2, 10])}

@@ -17,8 +17,9 @@ from .support import channel_checkpoint, expected_channel_mask
 
 
 class TinyNet(SegmentationNet):
-    """Downsampling convolution, transposed convolution, each with a batch-norm, and a pooled branch
-    whose batch-norm reads a concatenation (not foldable): the shapes of the real networks, small."""
+    """The wirings of the real networks, small: batch-norms after a convolution and after a
+    transposed one (folded into them), before an unpadded grouped convolution (folded into it, as
+    in SegFast), after a concatenation and before a padded convolution (both kept)."""
 
     size_divisor = 2
 
@@ -27,10 +28,13 @@ class TinyNet(SegmentationNet):
         self.down = nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.BatchNorm2d(5), nn.ReLU())
         self.pool = nn.MaxPool2d(2)
         self.merge_bn = nn.BatchNorm2d(8)
-        self.up = nn.Sequential(nn.ConvTranspose2d(8, num_classes, 2, stride=2), nn.BatchNorm2d(num_classes))
+        self.up = nn.Sequential(nn.ConvTranspose2d(8, 6, 2, stride=2), nn.BatchNorm2d(6), nn.ReLU())
+        self.head = nn.Sequential(nn.BatchNorm2d(6), nn.Conv2d(6, 4, 1, groups=2), nn.ReLU())
+        self.smooth = nn.Sequential(nn.BatchNorm2d(4), nn.Conv2d(4, num_classes, 3, padding=1))
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.merge_bn(torch.cat([self.down(x), self.pool(x)], dim=1)))
+        x = self.up(self.merge_bn(torch.cat([self.down(x), self.pool(x)], dim=1)))
+        return self.smooth(self.head(x))
 
 
 @pytest.fixture(scope='module')
@@ -46,8 +50,8 @@ def tiny() -> nn.Module:
 
 def test_prepared_model_is_folded_frozen_and_equal(tiny):
     fast = prepare_model(tiny, channels_last=True, example_size=(16, 24))
-    # The batch-norm after the concatenation stays; the two after convolutions are folded.
-    assert [type(m) for m in fast.modules() if isinstance(m, nn.BatchNorm2d)] == [nn.BatchNorm2d]
+    kept = [name for name, m in fast.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert kept == ['merge_bn', 'smooth.0']
     assert all(not p.requires_grad for p in fast.parameters())
     assert fast.down[0].weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(1, 3, 15, 27)
@@ -55,7 +59,7 @@ def test_prepared_model_is_folded_frozen_and_equal(tiny):
         expected = tiny(x)
         got = fast(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in tiny.modules()) == 3  # the original is untouched
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in tiny.modules()) == 5  # the original is untouched
 
 
 def test_prepared_model_in_bf16_is_cast_once(tiny):

@@ -1,4 +1,5 @@
-"""Optimisers and lr schedules: values at known steps, momentum cycling, plateau halving, exact resume."""
+"""Optimisers and lr schedules: values at known steps, momentum cycling, step decay, plateau halving,
+exact resume."""
 
 from __future__ import annotations
 
@@ -164,6 +165,25 @@ def test_linear_warmup_then_the_schedule_over_the_remaining_steps():
     assert max(lr for lr, _ in values) == pytest.approx(0.1)
 
 
+# ---------------------------------------------------------------- step decay
+
+def test_step_decay_multiplies_the_lr_by_gamma_every_step_epochs():
+    _, optimizer, scheduler = make(ADAM, {'name': 'step', 'step_epochs': 3, 'gamma': 0.5}, steps_per_epoch=4,
+                                   epochs=10, groups=True)
+    for epoch in range(10):
+        lrs = [lr for lr, _ in run_steps(scheduler, optimizer, 4)]
+        assert lrs == pytest.approx([0.1 * 0.5 ** (epoch // 3)] * 4), epoch  # constant within an epoch
+        assert optimizer.param_groups[1]['lr'] == pytest.approx(0.01 * 0.5 ** (epoch // 3))
+        scheduler.step_epoch(0.5 - epoch / 100)  # the metric plays no part
+    assert scheduler.current_lr() == pytest.approx(0.1 * 0.5 ** 3)
+    assert optimizer.param_groups[0]['betas'] == (0.9, 0.999)
+
+    _, optimizer, scheduler = make(SGD, {'name': 'step', 'step_epochs': 1, 'warmup_epochs': 1}, steps_per_epoch=4)
+    assert [lr for lr, _ in run_steps(scheduler, optimizer, 4)] == pytest.approx([0.02, 0.04, 0.06, 0.08])
+    scheduler.step_epoch()
+    assert scheduler.current_lr() == pytest.approx(0.1 * 0.1)  # torch StepLR's default gamma, 0.1
+
+
 # ---------------------------------------------------------------- plateau halving
 
 def test_plateau_halving_halves_after_patience_epochs_without_improvement():
@@ -198,6 +218,7 @@ def test_plateau_halving_min_mode_min_delta_and_per_step_warmup():
     {'name': 'poly'},
     {'name': 'cosine'},
     {'name': 'plateau_halving', 'patience': 1},
+    {'name': 'step', 'step_epochs': 2, 'gamma': 0.5},
     {'name': 'constant', 'warmup_epochs': 2},
 ])
 def test_state_dict_round_trip_resumes_identically(schedule):
@@ -248,8 +269,11 @@ def test_load_state_dict_rejects_a_different_schedule():
 
 
 @pytest.mark.parametrize('schedule, message', [
-    ({'name': 'step'},
-     "unknown lr schedule 'step'; available: constant, cosine, onecycle, plateau_halving, poly"),
+    ({'name': 'exponential'},
+     "unknown lr schedule 'exponential'; available: constant, cosine, onecycle, plateau_halving, poly, step"),
+    ({'name': 'step'}, "lr schedule 'step' needs step_epochs"),
+    ({'name': 'step', 'step_epochs': 0}, 'step_epochs must be a positive integer, got 0'),
+    ({'name': 'step', 'step_epochs': 10, 'gamma': 2}, 'gamma must be in (0, 1), got 2'),
     ({'name': 'poly', 'gamma': 0.9}, "lr schedule 'poly' does not take gamma; it takes: power"),
     ({'name': 'onecycle', 'max_lr': 1.0}, "lr schedule 'onecycle' does not take max_lr"),
     ({'name': 'poly', 'warmup_epochs': 5}, 'warmup_epochs must be in [0, epochs=5)'),

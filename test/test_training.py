@@ -28,6 +28,8 @@ from seg_ros.training.losses import build_criterion
 from seg_ros.training.schedules import build_optimizer, build_scheduler
 from seg_ros.training.trainer import Trainer, TrainingError, read_epoch_records
 
+from .dataset_fixtures import make_cityscapes
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / 'config' / 'train').glob('*.yaml'))
 TINY_NET = 'test_training_tiny_fcn'
@@ -261,9 +263,8 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, few_shapes_ro
     killed = tmp_path / 'killed'
     process = subprocess.Popen(_train_command(recipe, killed, epochs), env=_subprocess_env(), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log_path = killed / 'log.jsonl'
     while process.poll() is None:
-        if log_path.exists() and '"event": "epoch"' in log_path.read_text():
+        if (killed / 'last.pt').exists():  # the first epoch's checkpoint, written after its log record
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
@@ -331,6 +332,43 @@ def test_progressive_stages_and_erfnet_encoder_first(tmp_path, few_shapes_root, 
     last = load_checkpoint(tmp_path / 'run' / 'last.pt')
     assert last.training['global_step'] == 8 // 4 + 8 // 2
     assert load_checkpoint(tmp_path / 'run' / 'best.pt').meta['stage'] == 'full'
+
+
+def test_coarse_pretraining_stage_then_fine_stage_on_cityscapes(tmp_path, one_thread, caplog):
+    """DSNet's schedule in small: a stage on train_extra/gtCoarse, then one on train/gtFine."""
+    size, frames = (32, 48), {}
+    for name, count, top, bottom in (('coarse', 4, 23, 7), ('fine', 2, 26, 24), ('val', 1, 26, 24)):
+        label_ids = np.zeros(size, np.uint8)  # label id 0 (unlabeled): ignored
+        label_ids[2:14], label_ids[16:30] = top, bottom
+        frames[name] = {f'city_000000_{i:06d}': label_ids for i in range(count)}
+    root = tmp_path / 'cityscapes'
+    make_cityscapes(root, 'train_extra', frames['coarse'], annotations='gtCoarse')
+    make_cityscapes(root, 'train', frames['fine'])
+    make_cityscapes(root, 'val', frames['val'])
+    recipe = tiny_recipe(tmp_path, root, 'data.dataset=cityscapes', 'train.epochs=null',
+                         'augment.crop_size=[32, 48]', 'augment.scale_range=[1.0, 1.0]', 'augment.hflip=false',
+                         'loss={name: balanced_ce, c: 1.02}', 'optimizer={name: adam, lr: 0.01}',
+                         'scheduler={name: constant}',
+                         'stages=[{name: coarse, epochs: 2, data: {train_split: train_extra, val_split: null,'
+                         ' options: {annotations: coarse}}, scheduler: {name: step, step_epochs: 1, gamma: 0.5}},'
+                         ' {name: fine, epochs: 1}]')
+    with caplog.at_level(logging.INFO, logger='seg_ros.training.trainer'):
+        Trainer(recipe).fit()
+    assert "stage 1 'coarse': 2 epochs x 2 batches of 2 (4 images)" in caplog.text
+    assert "stage 2 'fine': 1 epochs x 1 batches of 2 (2 images)" in caplog.text
+    run = tmp_path / 'run'
+    records = read_epoch_records(run / 'log.jsonl')
+    assert [(r['stage_name'], r['steps'], r['lr']) for r in records] == [
+        ('coarse', 2, 0.01), ('coarse', 2, 0.005), ('fine', 1, 0.01)]
+    assert records[1]['val'] is None and records[2]['val'] is not None
+    # Each stage weighted its loss by its own labels: coarse road / sky, fine person / car.
+    train_ids = {0: 255, 7: 0, 23: 10, 24: 11, 26: 13}
+    for split, stage in (('train_extra', 'coarse'), ('train', 'fine')):
+        cache = json.loads((run / f'class_frequencies_cityscapes_{split}.json').read_text())
+        stored = np.stack(list(frames[stage].values()))
+        expected = np.bincount(np.vectorize(train_ids.get)(stored).ravel(), minlength=256)[:19]
+        assert cache['split'] == split and cache['pixel_counts'] == expected.tolist()
+    assert load_checkpoint(run / 'best.pt').meta['stage'] == 'fine'
 
 
 def test_dsnet_recipe_trains_with_owfl_and_the_semantic_encoding_loss(tmp_path, few_shapes_root, one_thread):

@@ -15,6 +15,7 @@ lists every such file at once). A stored 255 always means ignore.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -200,14 +201,23 @@ def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
-def build_dataset(name: str, root: str | os.PathLike, split: str,
-                  transform: Callable | None = None) -> SegmentationDataset:
-    """The reader registered as ``name`` over ``root``'s ``split``."""
+def build_dataset(name: str, root: str | os.PathLike, split: str, transform: Callable | None = None,
+                  **options: Any) -> SegmentationDataset:
+    """The reader registered as ``name`` over ``root``'s ``split``.
+
+    ``options`` are the reader's own keyword-only arguments (``cityscapes``: ``annotations``).
+    """
     try:
         cls = _DATASETS[name]
     except KeyError:
         raise DatasetError(f'unknown dataset {name!r}; available: {", ".join(list_datasets())}') from None
-    return cls(root, split, transform)
+    accepted = sorted(p.name for p in inspect.signature(cls).parameters.values()
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DatasetError(f'dataset {name!r} does not take option(s) {", ".join(unknown)}; '
+                           f'it takes: {", ".join(accepted) or "no options"}')
+    return cls(root, split, transform, **options)
 
 
 def validate_dataset(dataset: SegmentationDataset, *, threads: int | None = None) -> list[str]:
@@ -268,26 +278,43 @@ _CITYSCAPES_TRAIN_IDS = {
 }
 
 
+# Cityscapes annotation sets -> their folder, which is also the label files' suffix.
+_CITYSCAPES_ANNOTATIONS = {'fine': 'gtFine', 'coarse': 'gtCoarse'}
+
+
 @register_dataset('cityscapes')
 class Cityscapes(SegmentationDataset):
-    """Cityscapes fine annotations, 19 train ids::
+    """Cityscapes, 19 train ids, from the fine (default) or the coarse annotations::
 
         root/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
-        root/gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png   label ids 0..33
+        root/gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png       label ids 0..33
+        root/gtCoarse/<split>/<city>/<city>_<seq>_<frame>_gtCoarse_labelIds.png   label ids 0..33
 
+    ``annotations='fine'`` reads gtFine (splits train, val, test); ``annotations='coarse'`` reads
+    gtCoarse (splits train, val and train_extra, whose 19,998 frames have coarse labels only).
     Label ids become the official train ids; the 15 ids without one are ignored.
     """
 
     label_set = CITYSCAPES19
     id_table = _lookup_table({i: _CITYSCAPES_TRAIN_IDS.get(i, IGNORE_INDEX) for i in range(34)})
 
+    def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None, *,
+                 annotations: str = 'fine') -> None:
+        if annotations not in _CITYSCAPES_ANNOTATIONS:
+            raise DatasetError(f'cityscapes annotations {annotations!r}: expected one of '
+                               f'{", ".join(_CITYSCAPES_ANNOTATIONS)}')
+        self.annotations = annotations
+        super().__init__(root, split, transform)
+
     def find_files(self) -> list[tuple[Path, Path]]:
-        image_dir = _require_dir(self.root / 'leftImg8bit' / self.split, f'cityscapes split {self.split!r}')
-        label_dir = _require_dir(self.root / 'gtFine' / self.split, f'cityscapes split {self.split!r}')
+        folder = _CITYSCAPES_ANNOTATIONS[self.annotations]
+        where = f'cityscapes split {self.split!r} ({self.annotations} annotations)'
+        image_dir = _require_dir(self.root / 'leftImg8bit' / self.split, where)
+        label_dir = _require_dir(self.root / folder / self.split, where)
 
         def label_for(image: Path) -> Path:
             stem = image.name.removesuffix('_leftImg8bit.png')
-            return label_dir / image.parent.name / f'{stem}_gtFine_labelIds.png'
+            return label_dir / image.parent.name / f'{stem}_{folder}_labelIds.png'
 
         return _pair(list(image_dir.glob('*/*_leftImg8bit.png')), label_for)
 

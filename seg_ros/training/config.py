@@ -3,7 +3,7 @@
 A recipe (``config/train/<network>_<dataset>.yaml``) writes out every hyper-parameter of a run::
 
     model:     {name, options}                   the network, as ``seg_ros.models.build_model`` takes it
-    data:      {dataset, root, train_split, val_split, num_workers, check_files}
+    data:      {dataset, root, train_split, val_split, options, num_workers, check_files}
     augment:   {crop_size, scale_range, hflip, mixup_alpha}
     loss:      criterion spec (``seg_ros.training.losses.build_criterion``)
     optimizer: optimiser spec (``seg_ros.training.schedules.build_optimizer``)
@@ -16,14 +16,14 @@ A recipe (``config/train/<network>_<dataset>.yaml``) writes out every hyper-para
                  optimizer, scheduler}, ...]
 
 Every key has a default here, so a recipe names only what it changes, and a key that is not
-known (a typo) is an error naming it. ``loss``, ``optimizer``, ``scheduler`` and
-``model.options`` are specs handed on to their builders, which check them.
+known (a typo) is an error naming it. ``loss``, ``optimizer``, ``scheduler``, ``model.options``
+and ``data.options`` are specs handed on to their builders, which check them.
 
 Stages run one after the other on the same network: progressive scaling (000, Table II),
 ERFNet's encoder-first stage (001) and DSNet's coarse pre-training (002) are all stages. A stage
 starts from the top-level settings; ``data`` and ``augment`` are merged key by key, ``loss``,
-``optimizer`` and ``scheduler`` replace the top-level spec whole (an Adam spec merged into an SGD
-one would be neither), and ``crop_size``, ``batch_size`` and ``lr`` are shorthands for
+``optimizer``, ``scheduler`` and ``data.options`` replace the top-level spec whole (an Adam spec
+merged into an SGD one would be neither), and ``crop_size``, ``batch_size`` and ``lr`` are shorthands for
 ``augment.crop_size``, ``train.batch_size`` and ``optimizer.lr``. Each stage builds a fresh
 optimiser and schedule over its own epochs.
 """
@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         'root': None,
         'train_split': 'train',
         'val_split': 'val',      # null: no validation (and no best.pt)
+        'options': {},           # the reader's own (build_dataset), e.g. cityscapes {annotations: coarse}
         'num_workers': 4,
         'check_files': True,     # read every file before training starts
     },
@@ -90,7 +91,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Sections handed whole to a builder that checks them; any key may be set inside them.
-FREE_FORM = {('model', 'options'), ('loss',), ('optimizer',), ('scheduler',)}
+FREE_FORM = {('model', 'options'), ('data', 'options'), ('loss',), ('optimizer',), ('scheduler',)}
 
 STAGE_KEYS = {'name', 'epochs', 'encoder_only', 'crop_size', 'batch_size', 'lr', 'data', 'augment',
               'loss', 'optimizer', 'scheduler'}
@@ -191,7 +192,7 @@ def _known_keys(parent: tuple[str, ...]) -> set[str] | None:
         inner = parent[2:]
         if not inner:
             return set(STAGE_KEYS)
-        if inner[0] in REPLACED_STAGE_SECTIONS:
+        if inner[0] in REPLACED_STAGE_SECTIONS or _is_free_form(inner):
             return None
         return set(DEFAULTS[inner[0]]) if len(inner) == 1 and inner[0] in MERGED_STAGE_SECTIONS else set()
     if _is_free_form(parent):
@@ -314,6 +315,8 @@ def _check_stage(stage: Stage, prefix: str) -> None:
         raise _fail(f'{prefix}data.train_split', f'needs a split name, got {data.get("train_split")!r}')
     if data.get('val_split') is not None and not isinstance(data['val_split'], str):
         raise _fail(f'{prefix}data.val_split', f'needs a split name or null, got {data["val_split"]!r}')
+    if not isinstance(data.get('options'), dict):
+        raise _fail(f'{prefix}data.options', f'needs a mapping of reader options, got {data.get("options")!r}')
     _check_int(data.get('num_workers'), f'{prefix}data.num_workers', minimum=0)
     _check_size(augment.get('crop_size'), f'{prefix}augment.crop_size', optional=False)
     scale_range = augment.get('scale_range')

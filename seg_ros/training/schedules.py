@@ -16,6 +16,8 @@ exactly. Kinds:
   inversely between ``max_momentum`` and ``base_momentum``. Used by Lourenço et al. for ENet.
 - ``poly``: ``(1 - t/T)^power`` per step, power 0.9 (DSNet).
 - ``cosine``: cosine annealing per step to ``min_lr_ratio * base``.
+- ``step``: lr multiplied by ``gamma`` every ``step_epochs`` epochs (DSNet's coarse pre-training:
+  0.5 every 10).
 - ``plateau_halving``: ERFNet's rule, lr multiplied by ``factor`` (1/2) each time the validation
   metric has not improved for ``patience`` epochs.
 - ``constant``.
@@ -42,6 +44,7 @@ __all__ = [
     'PlateauHalving',
     'Policy',
     'Poly',
+    'StepDecay',
     'build_optimizer',
     'build_scheduler',
 ]
@@ -145,6 +148,33 @@ class Cosine(Policy):
 
     def lr_factor(self, step: int, total: int) -> float:
         return _cosine_anneal(1.0, self.min_lr_ratio, step / total)
+
+
+class StepDecay(Policy):
+    """lr times ``gamma`` after every ``step_epochs`` epochs, as ``torch.optim.lr_scheduler.StepLR``."""
+
+    name = 'step'
+
+    def __init__(self, *, step_epochs: int, gamma: float = 0.1) -> None:
+        if not isinstance(step_epochs, int) or isinstance(step_epochs, bool) or step_epochs < 1:
+            raise ValueError(f'step step_epochs must be a positive integer, got {step_epochs!r}')
+        if not 0 < gamma < 1:
+            raise ValueError(f'step gamma must be in (0, 1), got {gamma}')
+        self.step_epochs = step_epochs
+        self.gamma = gamma
+        self.epochs_done = 0
+
+    def lr_factor(self, step: int, total: int) -> float:
+        return self.gamma ** (self.epochs_done // self.step_epochs)
+
+    def end_epoch(self, val_metric: float | None) -> None:
+        self.epochs_done += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'epochs_done': self.epochs_done}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.epochs_done = int(state['epochs_done'])
 
 
 class OneCycle(Policy):
@@ -260,7 +290,7 @@ class PlateauHalving(Policy):
 
 
 _POLICIES: dict[str, type[Policy]] = {
-    policy.name: policy for policy in (OneCycle, Poly, Cosine, PlateauHalving, Constant)
+    policy.name: policy for policy in (OneCycle, Poly, Cosine, StepDecay, PlateauHalving, Constant)
 }
 
 
@@ -350,8 +380,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], *
     """A schedule from ``{'name': kind, 'warmup_epochs': 0, **options}``.
 
     Kinds and their options: onecycle (pct_start, div_factor, final_div_factor, base_momentum,
-    max_momentum, cycle_momentum), poly (power), cosine (min_lr_ratio), plateau_halving (patience,
-    factor, mode, min_delta), constant.
+    max_momentum, cycle_momentum), poly (power), cosine (min_lr_ratio), step (step_epochs, gamma),
+    plateau_halving (patience, factor, mode, min_delta), constant.
     """
     if not isinstance(spec, Mapping):
         raise ValueError(f'lr schedule spec must be a mapping with a "name" key, got {spec!r}')

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -181,6 +181,12 @@ class LazyClassFrequencies:
                 log.info('class frequencies of %r (cached in %s)', self.dataset, self.cache_path)
             self._values = class_frequencies(self.dataset, cache_path=self.cache_path, progress=self.announce)
         return self._values if dtype is None else self._values.astype(dtype)
+
+
+def open_dataset(data: dict[str, Any], split: str,
+                 transform: Callable | None = None) -> SegmentationDataset:
+    """``split`` of a stage's ``data`` section, read with the section's reader options."""
+    return build_dataset(data['dataset'], data['root'], split, transform, **data['options'])
 
 
 def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -394,7 +400,7 @@ class Trainer:
         for index, stage in enumerate(self.stages):
             data = stage.data
             for role, split in (('train', data['train_split']), ('val', data['val_split'])):
-                key = (data['dataset'], data['root'], split)
+                key = (data['dataset'], data['root'], split, json.dumps(data['options'], sort_keys=True))
                 if split is None or key in seen:
                     continue
                 seen.add(key)
@@ -406,7 +412,7 @@ class Trainer:
         problems: list[str] = []
         for what, data, split in self._datasets():
             try:
-                dataset = build_dataset(data['dataset'], data['root'], split)
+                dataset = open_dataset(data, split)
             except DatasetError as exc:
                 raise TrainingError(f'{what}: {exc}') from None
             if labels is None:
@@ -430,7 +436,7 @@ class Trainer:
         data = self.stages[-1].data
         if data['val_split'] is None:
             return tuple(self.stages[-1].augment['crop_size'])
-        dataset = build_dataset(data['dataset'], data['root'], data['val_split'])
+        dataset = open_dataset(data, data['val_split'])
         return tuple(dataset.read_image(dataset.files[0][0]).shape[:2])
 
     def _build_stage(self, stage: Stage) -> StageRun:
@@ -439,7 +445,7 @@ class Trainer:
         transform = TrainTransform(crop_size=tuple(augment['crop_size']),
                                    scale_range=tuple(augment['scale_range']), hflip=augment['hflip'],
                                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
-        train_set = build_dataset(data['dataset'], data['root'], data['train_split'], transform)
+        train_set = open_dataset(data, data['train_split'], transform)
         sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                      seed=self.train_cfg['seed'], drop_last=True)
         if len(sampler) < stage.batch_size:
@@ -450,12 +456,11 @@ class Trainer:
                             worker_init_fn=_seed_worker, generator=torch.Generator())
         val_loader = None
         if data['val_split'] is not None:
-            val_set = build_dataset(data['dataset'], data['root'], data['val_split'],
-                                    EvalTransform(IMAGENET_MEAN, IMAGENET_STD))
+            val_set = open_dataset(data, data['val_split'], EvalTransform(IMAGENET_MEAN, IMAGENET_STD))
             shard = Subset(val_set, range(rank, len(val_set), world))
             val_loader = DataLoader(shard, batch_size=self.eval_cfg['batch_size'], shuffle=False,
                                     num_workers=data['num_workers'], pin_memory=self.device.type == 'cuda')
-        frequencies = LazyClassFrequencies(build_dataset(data['dataset'], data['root'], data['train_split']),
+        frequencies = LazyClassFrequencies(open_dataset(data, data['train_split']),
                                            self.output / f'class_frequencies_{data["dataset"]}_'
                                                          f'{data["train_split"]}.json',
                                            announce=self.procs.is_main)
@@ -743,14 +748,15 @@ class Trainer:
         training = self._training_state(optimizer, scheduler, scaler)
         if not self.procs.is_main:
             return
-        if improved:
-            save_checkpoint(self._checkpoint(None), self.output / BEST)
-        # best.pt first: a last.pt naming a best mIoU always has that best.pt beside it.
-        save_checkpoint(self._checkpoint(training), self.output / LAST)
+        # The epoch's record first, then best.pt, then last.pt: a run killed between them redoes the
+        # epoch (whose record then counts once), and a last.pt naming a best mIoU has that best.pt.
         val = None if report is None else {k: report[k] for k in ('miou', 'pixel_accuracy',
                                                                    'mean_class_accuracy', 'per_class_iou')}
         self.log.write({'event': 'epoch', 'stage': stage_index, 'stage_name': stage.name, 'epoch': epoch,
                         **train_stats, 'val': val, 'best_miou': self.best_miou}, step=self.global_step)
+        if improved:
+            save_checkpoint(self._checkpoint(None), self.output / BEST)
+        save_checkpoint(self._checkpoint(training), self.output / LAST)
         log.info('%s epoch %d/%d: loss %.4f, lr %.3g, %.1f img/s, %.0f s%s', stage.name, epoch + 1,
                  stage.epochs, train_stats['train_loss'], train_stats['lr'], train_stats['images_per_s'],
                  train_stats['epoch_time'],

@@ -8,8 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +120,21 @@ def counters(ros: Ros, topic: str) -> dict[str, int]:
     return {name: int(fields[key]) for name, key in COUNTERS.items()}
 
 
+def settled_counters(ros: Ros, topic: str, quiet: float = 1.0, timeout: float = 30.0) -> dict[str, int]:
+    """The node's counters once every frame it received is accounted for and none arrived for ``quiet`` s."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        current = counters(ros, topic)
+        if current != last:
+            last, since = current, time.monotonic()
+        elif current and time.monotonic() - since >= quiet and current['received'] == sum(
+                current[key] for key in ('published', 'dropped', 'bad', 'failed')):
+            return current
+        time.sleep(0.05)
+    raise AssertionError(f'{topic}: the node did not account for its frames within {timeout} s: {last}')
+
+
 def stamp_now() -> TimeMsg:
     now = time.time_ns()
     return TimeMsg(sec=now // 10**9, nanosec=now % 10**9)
@@ -182,16 +196,3 @@ def publish_paced(publisher: Publisher, images: list[np.ndarray], rate: float, *
         if delay > 0:
             time.sleep(delay)
     return index
-
-
-@contextmanager
-def background(target: Callable[[threading.Event], None]) -> Iterator[None]:
-    """Run ``target(stop)`` in a thread for the duration of the block, then set ``stop`` and join."""
-    stop = threading.Event()
-    thread = threading.Thread(target=target, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=30)

@@ -44,8 +44,8 @@ from .harness import REPO
 HEIGHT, WIDTH = 48, 64
 FAULTY_NET = 'test_faulty_channel'
 NAN_MARK = (1, 2, 3)  # pixel (0, 0) of a frame whose forward pass gives NaN
-OOM_MARK = (3, 2, 1)  # ... whose forward pass asks for 64 TiB
-IMPOSSIBLE_BYTES = 1 << 46
+OOM_MARK = (3, 2, 1)  # ... whose forward pass asks for 4 EiB, more than any address space
+IMPOSSIBLE_BYTES = 1 << 62
 
 
 class FaultyChannelNet(ChannelArgmaxNet):

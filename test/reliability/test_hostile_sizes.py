@@ -93,4 +93,3 @@ def test_hostile_sizes_are_rejected_before_any_large_allocation(figures) -> None
         assert case['error'] is not None, f'{name} was accepted'
         assert 'exceeds the limit' in case['error'] or 'header claims' in case['error'], case['error']
         assert case['peak_growth_kib'] < 4096, f'{name}: peak resident memory grew {case["peak_growth_kib"]} KiB'
-        assert case['seconds'] < 0.1, name
