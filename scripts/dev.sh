@@ -41,6 +41,9 @@ setup() {
 
 # A private DDS domain per run, so parallel runs on one machine do not hear each other.
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( ($$ % 100) + 100 ))}
+# PyTorch's OpenMP threads spin while waiting by default; on a small or shared CPU that steals the
+# cores the working threads need (measured: eager ENet 7.6x slower, docs/BENCHMARKS.md).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$ROOT/config/fastdds.xml}
 
 job=${1:-demo}

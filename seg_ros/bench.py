@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import os
 import platform
 import shlex
@@ -61,6 +62,9 @@ __all__ = ['MODES', 'PAPER_FIGURES', 'Mode', 'PaperFigure', 'main', 'run_benchma
 SECTIONS = ('forward', 'messages', 'node', 'overload', 'training')
 RESOLUTIONS = ((320, 480), (360, 640), (512, 1024), (720, 1280), (1080, 1920), (1024, 2048))
 NODE_RESOLUTIONS = ((360, 640), (720, 1280))
+MIN_NODE_FRAMES = 5  # per camera and run: a slow configuration runs longer than --node-seconds
+CALIBRATION_FRAMES = 15  # outputs (about) that measure the node's capacity before an overload run
+SETTLED_AFTER_SECONDS = 5.0  # into an overload run (at most half of it): warm-up before memory is compared
 MIB = 2 ** 20
 
 
@@ -68,37 +72,40 @@ MIB = 2 ** 20
 
 @dataclass(frozen=True)
 class PaperFigure:
-    """A forward time a paper reports (batch 1)."""
+    """A forward time a paper reports (batch 1), with its frames/s where the paper prints them."""
 
     network: str
     source: str
     hardware: str
     size: tuple[int, int]  # (height, width)
     ms: float
+    printed_fps: float | None = None
 
     @property
     def fps(self) -> float:
-        return 1000.0 / self.ms
+        """The paper's frames/s; 1000 / ms where it prints none (its ms are rounded, its fps not)."""
+        return self.printed_fps if self.printed_fps is not None else 1000.0 / self.ms
 
 
 _TX1, _TITAN_X, _GTX_1080TI = 'Jetson TX1 (GPU)', 'Titan X Maxwell (GPU)', 'GTX 1080Ti (GPU)'
 _XEON = 'Xeon E5-2623 v4, 8 cores / 16 threads (CPU)'
 _ERFNET_TABLE, _DSNET_TABLE, _SEGFAST_TABLE = 'ERFNet Table IV', 'DSNet Table 8', 'SegFast Table 4'
 PAPER_FIGURES: tuple[PaperFigure, ...] = (
-    # ERFNet paper (papers/001), Table IV: forward pass; ENet's row is from its own paper.
-    *(PaperFigure(net, _ERFNET_TABLE, _TX1, size, ms) for net, size, ms in (
-        ('enet', (320, 480), 47), ('enet', (360, 640), 69), ('enet', (720, 1280), 262),
-        ('erfnet', (320, 480), 93), ('erfnet', (360, 640), 141), ('erfnet', (720, 1280), 535))),
-    *(PaperFigure(net, _ERFNET_TABLE, _TITAN_X, size, ms) for net, size, ms in (
-        ('enet', (360, 640), 7), ('enet', (720, 1280), 21), ('enet', (1080, 1920), 46),
-        ('erfnet', (360, 640), 12), ('erfnet', (720, 1280), 41), ('erfnet', (1080, 1920), 88))),
-    # The same paper's text: 24 ms at 1024x512 on the Titan X.
-    PaperFigure('erfnet', 'ERFNet section IV-B', _TITAN_X, (512, 1024), 24),
+    # ERFNet paper (papers/001), Table IV: forward pass (ms, fps); ENet's row is from its own paper.
+    *(PaperFigure(net, _ERFNET_TABLE, _TX1, size, ms, fps) for net, size, ms, fps in (
+        ('enet', (320, 480), 47, 21.1), ('enet', (360, 640), 69, 14.6), ('enet', (720, 1280), 262, 3.8),
+        ('erfnet', (320, 480), 93, 10.8), ('erfnet', (360, 640), 141, 7.1), ('erfnet', (720, 1280), 535, 1.9))),
+    *(PaperFigure(net, _ERFNET_TABLE, _TITAN_X, size, ms, fps) for net, size, ms, fps in (
+        ('enet', (360, 640), 7, 135.4), ('enet', (720, 1280), 21, 46.8), ('enet', (1080, 1920), 46, 21.6),
+        ('erfnet', (360, 640), 12, 83.3), ('erfnet', (720, 1280), 41, 24.4), ('erfnet', (1080, 1920), 88, 11.4))),
+    # The same paper's text (section IV): 24 ms (41 FPS) at 1024x512 on the Titan X.
+    PaperFigure('erfnet', 'ERFNet section IV', _TITAN_X, (512, 1024), 24, 41),
     # DSNet paper (papers/002), Table 8: ENet and ERFNet re-implemented in tensorpack.
-    *(PaperFigure(net, _DSNET_TABLE, _GTX_1080TI, size, ms) for net, size, ms in (
-        ('enet', (360, 640), 11.1), ('enet', (720, 1280), 57.8), ('enet', (1080, 1920), 126.6),
-        ('erfnet', (360, 640), 12.5), ('erfnet', (720, 1280), 74.3), ('erfnet', (1080, 1920), 165.2),
-        ('dsnet', (360, 640), 9.9), ('dsnet', (720, 1280), 49.8), ('dsnet', (1080, 1920), 102.0))),
+    *(PaperFigure(net, _DSNET_TABLE, _GTX_1080TI, size, ms, fps) for net, size, ms, fps in (
+        ('enet', (360, 640), 11.1, 89.7), ('enet', (720, 1280), 57.8, 17.3),
+        ('enet', (1080, 1920), 126.6, 7.9), ('erfnet', (360, 640), 12.5, 79.9),
+        ('erfnet', (720, 1280), 74.3, 13.4), ('erfnet', (1080, 1920), 165.2, 6.0),
+        ('dsnet', (360, 640), 9.9, 100.5), ('dsnet', (720, 1280), 49.8, 20.1), ('dsnet', (1080, 1920), 102.0, 9.8))),
     # SegFast paper (papers/003), Table 4: forward pass in seconds on a CPU, 224x224 inputs.
     PaperFigure('segfast', _SEGFAST_TABLE, _XEON, (224, 224), 389),
     PaperFigure('segfast_basic', _SEGFAST_TABLE, _XEON, (224, 224), 419),
@@ -415,7 +422,7 @@ def bench_messages(args: argparse.Namespace, device: torch.device, folder: Path)
         # A subscriber, so that publishing does all its work (a publisher without one may skip it).
         publisher = node.create_publisher(Image, 'seg_bench/messages', 1)
         node.create_subscription(Image, 'seg_bench/messages', lambda _msg: None, 1)
-        for size in args.node_resolutions:
+        for size in dict.fromkeys(size for _, size in args.node_configs):
             image, _ = SyntheticRoadScene(width=size[1], height=size[0]).frame(0.0)
             segmenter = Segmenter(random_checkpoint(args.node_networks[0], size, folder), device=str(device),
                                   precision=args.node_precision)
@@ -588,8 +595,13 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str, process: sub
 
 
 def run_node(args: argparse.Namespace, checkpoint: Path, network: str, size: tuple[int, int], cameras: int,
-             rate_hz: float, seconds: float, folder: Path, sample_memory: bool = False) -> dict[str, Any]:
-    """One end-to-end run of segment_node; latencies, rates, drops, CPU and memory."""
+             rate_hz: float, seconds: float, folder: Path, overload: float | None = None) -> dict[str, Any]:
+    """One end-to-end run of segment_node; latencies, rates, drops, CPU (and, overloaded, memory).
+
+    With ``overload``, the settling phase runs at ``rate_hz`` (meant to saturate the node) long
+    enough to measure the node's capacity from the masks it delivers, and the measured run then
+    publishes at ``overload`` times that capacity while the node's memory is sampled.
+    """
     import psutil
     import rclpy
 
@@ -607,10 +619,22 @@ def run_node(args: argparse.Namespace, checkpoint: Path, network: str, size: tup
                           size=size, env=_node_env(args), log_path=log_path) as process:
             _wait(lambda: all(rig.ready), args.node_start_timeout, 'the node to start', process, log_path)
             node_ps, own_ps = psutil.Process(process.pid), psutil.Process()
-            rig.publish_for(rate_hz, args.node_settle)  # discovery, first frames, allocator
+            settle = args.node_settle
+            if overload:  # rate_hz is 3x the estimated capacity: about CALIBRATION_FRAMES outputs
+                settle = max(settle, 3.0 * CALIBRATION_FRAMES / rate_hz)
+            settled = rig.publish_for(rate_hz, settle)  # discovery, first frames, allocator
             dropped_before = _node_drops(rig, topics, process, log_path)
+            capacity_hz = None
+            if overload:
+                with rig.lock:
+                    delivered = sum(s in rig.arrivals[i] for i, camera in enumerate(settled) for s in camera)
+                if not delivered:
+                    raise RuntimeError(f'segment_node delivered no mask in {settle:.1f} s of frames at '
+                                       f'{rate_hz:.2f} Hz; node log:\n' + log_path.read_text()[-2000:])
+                capacity_hz = delivered / cameras / settle
+                rate_hz = overload * capacity_hz
             memory: list[tuple[float, float]] = []
-            sampler = _MemorySampler(node_ps, memory) if sample_memory else None
+            sampler = _MemorySampler(node_ps, memory) if overload else None
             with rig.lock:
                 rig.node_inference_ms.clear()
             cpu_before = (node_ps.cpu_times(), own_ps.cpu_times(), time.perf_counter())
@@ -647,8 +671,8 @@ def run_node(args: argparse.Namespace, checkpoint: Path, network: str, size: tup
         'load_average': _load_average(),
         **({'latency_' + k: v for k, v in _summary(times).items()} if times.size else {}),
     }
-    if sample_memory:
-        row['memory_mib'] = memory
+    if overload:
+        row.update(capacity_hz=capacity_hz, memory_mib=memory)
     return row
 
 
@@ -716,13 +740,17 @@ def probe_forward(args: argparse.Namespace, checkpoint: Path, batch: int,
     Timed in this process instead, the same forward measured up to 1.5x slower on the shared CPU
     (a process that has done other work is not a fair stand-in for the node).
     """
+    iterations, period = args.node_forward_iterations, 0.0
+    if rate_hz:  # paced: about as long as a node run, a few calls at least
+        period = 1.0 / rate_hz
+        iterations = max(3, min(iterations, math.ceil(args.node_seconds * rate_hz)))
     spec = json.dumps({'checkpoint': str(checkpoint), 'device': args.node_device,
                        'precision': args.node_precision, 'batch': batch, 'rate_hz': rate_hz,
-                       'iterations': args.node_forward_iterations})
+                       'iterations': iterations})
     command = [sys.executable, '-c', 'import sys; from seg_ros.bench import forward_probe; '
                'forward_probe(sys.argv[1])', spec]
     result = subprocess.run(command, capture_output=True, text=True, env=_node_env(args),
-                            timeout=args.node_start_timeout)
+                            timeout=args.node_start_timeout + 3 * iterations * max(period, 1.0))
     if result.returncode != 0:
         raise RuntimeError(f'the forward probe failed ({result.returncode}):\n{result.stderr[-2000:]}')
     times = json.loads(result.stdout.strip().splitlines()[-1])
@@ -740,39 +768,39 @@ def bench_node(args: argparse.Namespace, folder: Path) -> list[dict]:
     """End-to-end runs at half the measured capacity (or ``--node-rate``)."""
     rows = []
     for network in args.node_networks:
-        for size in args.node_resolutions:
+        for cameras, size in args.node_configs:
             checkpoint = random_checkpoint(network, size, folder)
-            for cameras in args.node_cameras:
-                rate = args.node_rate
-                if rate is None:  # batches/s: one frame of every camera in a batch
-                    rate = min(30.0, 0.5 * 1000.0 / probe_forward(args, checkpoint, cameras)['forward_p50_ms'])
-                row = run_node(args, checkpoint, network, size, cameras, rate, args.node_seconds, folder)
-                row.update(probe_forward(args, checkpoint, cameras, rate), forward_batch=cameras)
-                if 'latency_p50_ms' in row:
-                    row['e2e_over_forward'] = row['latency_p50_ms'] / row['forward_p50_ms']
-                    row['overhead_ms'] = row['latency_p50_ms'] - row['forward_p50_ms']
-                rows.append(row)
-                print(f'  node {network} {cameras} x {format_resolution(size)} at {rate:.1f} Hz: '
-                      f'p50 {row.get("latency_p50_ms", float("nan")):.1f} ms', file=sys.stderr, flush=True)
+            rate = args.node_rate
+            if rate is None:  # batches/s: one frame of every camera in a batch
+                rate = min(30.0, 0.5 * 1000.0 / probe_forward(args, checkpoint, cameras)['forward_p50_ms'])
+            seconds = max(args.node_seconds, MIN_NODE_FRAMES / rate)
+            row = run_node(args, checkpoint, network, size, cameras, rate, seconds, folder)
+            row.update(probe_forward(args, checkpoint, cameras, rate), forward_batch=cameras)
+            if 'latency_p50_ms' in row:
+                row['e2e_over_forward'] = row['latency_p50_ms'] / row['forward_p50_ms']
+                row['overhead_ms'] = row['latency_p50_ms'] - row['forward_p50_ms']
+            rows.append(row)
+            print(f'  node {network} {cameras} x {format_resolution(size)} at {rate:.2f} Hz: '
+                  f'p50 {row.get("latency_p50_ms", float("nan")):.1f} ms', file=sys.stderr, flush=True)
     return rows
 
 
 def bench_overload(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """One camera at twice the capacity the bare forward allows, with the node's memory sampled."""
+    """One camera at twice the node's capacity (measured from its output while saturated), with
+    the node's memory sampled."""
     network, size = args.node_networks[0], args.overload_resolution
     checkpoint = random_checkpoint(network, size, folder)
     forward = probe_forward(args, checkpoint, 1)
-    rate = 2.0 * 1000.0 / forward['forward_p50_ms']
-    row = run_node(args, checkpoint, network, size, 1, rate, args.overload_seconds, folder,
-                   sample_memory=True)
+    saturating = 3.0 * 1000.0 / forward['forward_p50_ms']
+    row = run_node(args, checkpoint, network, size, 1, saturating, args.overload_seconds, folder, overload=2.0)
     row.update(forward)
-    # The node's real capacity is what it delivered while saturated.
-    row['input_over_output_rate'] = rate / row['output_rate_hz'] if row['output_rate_hz'] else None
+    row['input_over_output_rate'] = row['rate_hz'] / row['output_rate_hz'] if row['output_rate_hz'] else None
     memory = np.asarray(row['memory_mib'], np.float64).reshape(-1, 2)
-    if memory.shape[0] >= 2:
-        slope = float(np.polyfit(memory[:, 0], memory[:, 1], 1)[0]) * 60.0
-        row.update(rss_start_mib=float(memory[0, 1]), rss_end_mib=float(memory[-1, 1]),
-                   rss_max_mib=float(memory[:, 1].max()), rss_slope_mib_per_min=slope)
+    settled = memory[memory[:, 0] >= min(SETTLED_AFTER_SECONDS, args.overload_seconds / 2)]
+    if settled.shape[0] >= 2:
+        row.update(rss_start_mib=float(memory[0, 1]), rss_settled_min_mib=float(settled[:, 1].min()),
+                   rss_settled_max_mib=float(settled[:, 1].max()), rss_end_mib=float(memory[-1, 1]),
+                   rss_settled_slope_mib_per_min=float(np.polyfit(settled[:, 0], settled[:, 1], 1)[0]) * 60.0)
     if 'latency_p50_ms' in row:
         row['p99_over_p50'] = row['latency_p99_ms'] / row['latency_p50_ms']
         row['latency_bounded'] = row['p99_over_p50'] <= 2.0
@@ -841,6 +869,14 @@ def evaluate_targets(results: dict[str, Any], device: torch.device) -> list[dict
         targets.append(_target(f'fast path >= 2x plain fp32 eager ({row["network"]}, {row["resolution"]}, '
                                f'best: {row["best_mode"]} {row["best_precision"]})', row['speedup'], 2.0,
                                higher_is_better=True, unit='x'))
+    overload = results.get('overload', {})
+    if 'p99_over_p50' in overload:
+        targets.append(_target('overload: latency bounded, p99 within 2x p50', overload['p99_over_p50'], 2.0,
+                               higher_is_better=False, unit='x'))
+    if 'rss_settled_min_mib' in overload:  # flat: ends within 5 % of its lowest after the warm-up
+        targets.append(_target('overload: node memory flat (end / settled minimum)',
+                               overload['rss_end_mib'] / overload['rss_settled_min_mib'], 1.05,
+                               higher_is_better=False, unit='x'))
     if device.type != 'cuda':
         return targets
     forward = results.get('forward', [])
@@ -879,6 +915,13 @@ def _resolutions(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _node_config(text: str) -> tuple[int, tuple[int, int]]:
+    cameras, _, resolution = text.partition('x')
+    if not cameras.isdigit() or int(cameras) < 1:
+        raise argparse.ArgumentTypeError(f'node config {text!r} is not CAMERASxWIDTHxHEIGHT, e.g. 4x640x360')
+    return int(cameras), _resolutions(resolution)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='seg-bench', description=__doc__.split('\n\n')[0],
@@ -909,8 +952,9 @@ def _parser() -> argparse.ArgumentParser:
                          help='skip profiling where eager fp32 spends its time')
     node = parser.add_argument_group('node, overload and messages')
     node.add_argument('--node-networks', nargs='+', choices=list_models(), default=None)
-    node.add_argument('--node-resolutions', nargs='+', type=_resolutions, default=None, metavar='WxH')
-    node.add_argument('--node-cameras', nargs='+', type=int, default=None)
+    node.add_argument('--node-configs', nargs='+', type=_node_config, default=None, metavar='CAMERASxWxH',
+                      help='runs of the node, e.g. 1x640x360 4x1280x720 (default: 1 and 4 cameras at '
+                           '640x360 and 1280x720; on a CPU without 4x1280x720)')
     node.add_argument('--node-rate', type=float, default=None,
                       help='camera rate in Hz (default: half the measured capacity, at most 30)')
     node.add_argument('--node-seconds', type=float, default=None, help='measured seconds per run')
@@ -938,12 +982,13 @@ def _defaults(args: argparse.Namespace, device: torch.device) -> None:
         'resolutions': [(360, 640)] if quick or not cuda else list(RESOLUTIONS),
         'precisions': list(DEFAULT_PRECISIONS[device.type]),
         'modes': list(DEFAULT_MODES[device.type]),
-        'iterations': 50 if cuda else (3 if quick else 5),
+        'iterations': 50 if cuda else 3,
         'repeats': 3 if cuda else 2,
         'warmup': 10 if cuda else 1,
         'node_networks': ['enet', 'erfnet'] if cuda and not quick else ['enet'],
-        'node_resolutions': [(360, 640)] if quick else list(NODE_RESOLUTIONS),
-        'node_cameras': [1] if quick else [1, 4],
+        'node_configs': [(1, (360, 640))] if quick else [
+            (cameras, size) for size in NODE_RESOLUTIONS for cameras in (1, 4)
+            if cuda or cameras * size[0] * size[1] < 4 * 720 * 1280],
         'node_seconds': 4.0 if quick else (15.0 if cuda else 10.0),
         'node_forward_iterations': 100 if cuda else 12,
         'message_iterations': 30 if cuda else 3,
@@ -1038,8 +1083,9 @@ def report(results: dict[str, Any]) -> str:
             'forward_p50_ms': 'forward p50 ms', 'forward_p99_ms': 'forward p99 ms',
             'input_over_output_rate': 'input / output rate', 'published': 'sent', 'dropped': 'dropped',
             'node_dropped': 'node-counted drops',
-            'rss_start_mib': 'RSS start MiB', 'rss_end_mib': 'RSS end MiB',
-            'rss_slope_mib_per_min': 'RSS MiB/min'})]
+            'rss_start_mib': 'RSS start MiB', 'rss_settled_min_mib': 'RSS min, settled',
+            'rss_settled_max_mib': 'RSS max, settled', 'rss_end_mib': 'RSS end MiB',
+            'rss_settled_slope_mib_per_min': 'RSS MiB/min, settled'})]
     if results.get('training'):
         parts += ['## Training throughput', markdown_table(results['training'], {
             'network': 'network', 'precision': 'precision', 'channels_last': 'channels_last',

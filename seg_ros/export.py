@@ -5,7 +5,7 @@ The exported graph is the inference form of the network (batch-norm folded, see
 (N, C, H, W). Any H and W work: the padding to the network's size divisor and the crop back are
 computed from the input shape inside the graph (``SegmentationNet.forward``), and ENet's
 max-unpooling is a scatter (``ScatterElements``), not ``MaxUnpool``. Every export is run with ONNX
-Runtime at several sizes, one of them odd (101x203 by default), and compared with PyTorch.
+Runtime at several sizes, one of them odd (203x101 by default), and compared with PyTorch.
 
 The graph is written by the TorchScript-based exporter (``dynamo=False``): the torch.export-based
 one needs ``onnxscript``, which the project does not depend on.

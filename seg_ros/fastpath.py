@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ['BACKENDS', 'DTYPES', 'StaticShapeForward', 'build_forward', 'fold_batchnorm', 'latencies_ms',
-           'prepare_model']
+__all__ = ['BACKENDS', 'DTYPES', 'MAX_CHANGED_SHARE', 'StaticShapeForward', 'build_forward', 'fold_batchnorm',
+           'latencies_ms', 'prepare_model']
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ _FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d)
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 BACKENDS = ('auto', 'torch', 'onnxruntime')
+# Share of a network's outputs that may move beyond the tolerance after folding or export (a
+# near-tie of a max-pool can flip; see fold_batchnorm) before the result counts as a different network.
 MAX_CHANGED_SHARE = 1e-3
 # ``auto`` keeps ONNX Runtime only when it is faster by more than timing noise.
 AUTO_MARGIN = 0.9
@@ -171,17 +173,19 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) 
 def prepare_model(model: nn.Module, *, device: torch.device | str = 'cpu', precision: str = 'fp32',
                   channels_last: bool = False, fold_bn: bool = True,
                   example_size: tuple[int, int] = (64, 96)) -> nn.Module:
-    """``model`` in its inference form: eval mode, batch-norm folded (checked on an input of
-    ``example_size``), frozen, on ``device``, with weights in ``precision`` and ``channels_last``.
+    """A copy of ``model`` in its inference form: eval mode, batch-norm folded (checked on an input
+    of ``example_size``), frozen, on ``device``, with weights in ``precision`` and ``channels_last``.
 
     The weights are cast once instead of autocasting every forward: the forward then has no cast
     kernels, which counts where it takes a millisecond or two and a CUDA graph replays every kernel.
     """
     if precision not in DTYPES:
         raise ValueError(f'precision {precision!r} is not one of {", ".join(DTYPES)}')
-    model = model.eval()
+    original = model
     if fold_bn:
         model = fold_batchnorm(model, example=torch.rand(1, 3, *example_size))
+    if model is original:  # not folded: the steps below must not change the caller's network
+        model = copy.deepcopy(model).eval()
     model = model.to(device=device, dtype=DTYPES[precision])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -72,17 +72,17 @@ def test_forward_and_training_figures_are_complete_and_consistent(tmp_path, caps
     for row in training:
         assert row['images_per_s'] == pytest.approx(1000.0 * row['batch'] / row['step_p50_ms'])
 
-    assert '## Forward' in markdown and '| enet | 96x64 | fp32 | eager |' in markdown
+    assert '## Forward' in markdown and '| enet | 96x64 | fp32 | yes | eager |' in markdown
     assert '## Training throughput' in markdown and '## Targets' in markdown
 
 
 def test_node_sections_measure_the_real_node_over_dds(tmp_path, capsys):
     results, markdown = run(
         tmp_path, capsys, '--sections', 'messages', 'node', 'overload', '--node-networks', 'enet',
-        '--node-resolutions', '96x64', '--node-cameras', '1', '--node-rate', '5', '--node-seconds', '2',
+        '--node-configs', '1x96x64', '--node-rate', '5', '--node-seconds', '2',
         '--node-settle', '0.5',
         '--overload-seconds', '2', '--overload-resolution', '96x64', '--message-iterations', '2',
-        '--node-forward-iterations', '2')
+        '--node-forward-iterations', '2', '--threads', '1')  # the node and the probe too, as conftest
 
     steps = {row['step']: row for row in results['messages']}
     assert len(steps) == 8 and all(row['p50_ms'] > 0 for row in steps.values())
@@ -99,9 +99,15 @@ def test_node_sections_measure_the_real_node_over_dds(tmp_path, capsys):
     assert overload['rate_hz'] > 0 and overload['received'] > 0
     assert overload['input_over_output_rate'] >= 0.99  # the node never outputs more than it gets
     assert overload['node_dropped'] <= overload['dropped']  # a frame it drops never reaches us
-    assert overload['memory_mib'] and overload['rss_start_mib'] > 0 and overload['rss_max_mib'] >= \
-        overload['rss_end_mib']
+    assert overload['memory_mib'] and overload['rss_start_mib'] > 0
+    assert overload['rss_settled_min_mib'] <= overload['rss_end_mib'] <= overload['rss_settled_max_mib']
+    assert overload['rate_hz'] == pytest.approx(2 * overload['capacity_hz'])
     assert overload['p99_over_p50'] == pytest.approx(overload['latency_p99_ms'] / overload['latency_p50_ms'])
+    targets = {t['target']: t for t in results['targets']}
+    bounded = targets['overload: latency bounded, p99 within 2x p50']
+    assert bounded['measured'] == overload['p99_over_p50'] and bounded['met'] == overload['latency_bounded']
+    flat = targets['overload: node memory flat (end / settled minimum)']
+    assert flat['measured'] == pytest.approx(overload['rss_end_mib'] / overload['rss_settled_min_mib'])
     assert '## segment_node end to end over DDS' in markdown and '## Overload' in markdown
 
 

@@ -139,3 +139,12 @@ def test_pickle_module_error_type_is_what_torch_raises(tmp_path):
     torch.save({'f': print}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
+
+
+def test_a_temporary_left_by_a_killed_writer_is_cleaned_on_the_next_save(tmp_path):
+    path = tmp_path / 'last.pt'
+    stale = tmp_path / '.last.pt.abc123.tmp'  # what SIGKILL during torch.save leaves behind
+    stale.write_bytes(b'half a checkpoint')
+    atomic_torch_save({'generation': 1}, path)
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['last.pt']

@@ -113,7 +113,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
     'camera_timeout': ParameterSpec(
         2.0, 'seconds without frames after which a camera is reported WARN', limits=(0.05, 3600.0)),
     'max_image_pixels': ParameterSpec(
-        16777216, 'frames claiming more pixels (width x height) are dropped before anything is allocated',
+        3840 * 2160, 'frames claiming more pixels (width x height) are dropped before anything is allocated',
         limits=(1, 268435456)),
 }
 """Every parameter of the node, in the order of config/segment.yaml."""
