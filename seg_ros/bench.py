@@ -167,7 +167,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return '-'
     if isinstance(value, bool):

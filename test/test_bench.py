@@ -135,7 +135,7 @@ def test_targets_say_by_how_much_they_are_missed():
 
 def test_markdown_tables_and_argument_errors(capsys):
     table = markdown_table([{'a': 1.23456, 'b': None, 'c': True}], {'a': 'A', 'b': 'B', 'c': 'C'})
-    assert table.splitlines() == ['| A | B | C |', '| --- | --- | --- |', '| 1.23 | - | yes |']
+    assert table.splitlines() == ['| A | B | C |', '| --- | --- | --- |', '| 1.235 | - | yes |']
     with pytest.raises(SystemExit) as exit_info:
         main(['--resolutions', '640'])
     assert exit_info.value.code == 2 and 'not WIDTHxHEIGHT' in capsys.readouterr().err

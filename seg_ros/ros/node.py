@@ -50,6 +50,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension, MultiArrayLayout, String
 
 from ..checkpoint import CheckpointError, load_checkpoint
+from ..fastpath import BACKENDS
 from ..inference import PRECISIONS, SegmentationError, SegmentationResult, Segmenter
 from ..models import list_models
 from ..outputs import output_prefix, stats_dimensions, stats_table
@@ -85,6 +86,12 @@ PARAMETERS: dict[str, ParameterSpec] = {
         read_only=True),
     'device': ParameterSpec('auto', 'auto (CUDA when available), cpu, cuda or cuda:N', read_only=True),
     'precision': ParameterSpec('fp32', 'inference precision', read_only=True, choices=PRECISIONS),
+    'backend': ParameterSpec(
+        'torch', 'torch, onnxruntime (CPU, fp32) or auto (times both at start on a CPU, keeps the faster)',
+        read_only=True, choices=BACKENDS),
+    'compile': ParameterSpec(
+        False, 'torch.compile the network for the input shapes it sees (minutes of start-up on a CPU)',
+        read_only=True),
     'input_height': ParameterSpec(
         0, 'network input height; 0 (with input_width 0) = the checkpoint training resolution',
         read_only=True, limits=(0, 8192)),
@@ -294,7 +301,8 @@ class SegmentNode(Node):
             return Segmenter(checkpoint, device=self._param('device'), precision=self._param('precision'),
                              input_size=(height, width) if height else None,
                              output_size=self._param('output_size'),
-                             min_confidence=self._param('min_confidence'))
+                             min_confidence=self._param('min_confidence'), backend=self._param('backend'),
+                             compile=self._param('compile'))
         except ValueError as error:
             raise StartupError(str(error)) from None
 
