@@ -174,6 +174,10 @@ def plot_confusion(matrix: np.ndarray, labels: LabelSet, path: str | os.PathLike
     ax.set_ylabel('ground truth')
     ax.set_title('confusion matrix (rows normalised)')
     fig.colorbar(image, ax=ax, fraction=0.046)
+    return _save_figure(plt, fig, path)
+
+
+def _save_figure(plt, fig, path: str | os.PathLike) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,9 +199,4 @@ def plot_per_class_iou(per_class_iou: dict[str, float | None], labels: LabelSet,
     ax.set_ylim(0, 100)
     ax.set_ylabel('IoU %')
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
