@@ -2,7 +2,7 @@
 
 With Fast DDS's built-in transports a frame larger than the default shared-memory segment goes
 over UDP, where best-effort frames of 1280x720 rgb8 are lost whole; these tests run a publisher
-and a subscriber as separate processes with the profile and check that every stream arrives intact.
+and a subscriber as separate processes with the profile and check that the frames arrive intact: all of them on reliable streams, at least 90 % best effort.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 PROFILE = Path(__file__).resolve().parents[1] / 'config' / 'fastdds.xml'
-FRAMES = 10
+FRAMES = 20
+BEST_EFFORT_MIN_SHARE = 0.9
 FULL_HD_BYTES = 1920 * 1080 * 3
 STREAMS = [  # width, height, reliability
     (1280, 720, 'best_effort'),
@@ -127,5 +128,10 @@ def test_large_frames_cross_processes_with_the_profile():
     assert env['ROS_DOMAIN_ID']  # the private domain of this test run (conftest)
     result = _run_pair(env)
     # Queues hold every frame (keep-last FRAMES), so a missing frame is one the transport lost.
-    assert result['intact'] == {name: FRAMES for name in result['intact']}, result
+    # Reliable streams must be complete. Best effort promises nothing, and on a loaded machine one
+    # frame can go (seen once in a CI-like run); without the profile this harness received 1-7 of 10
+    # at 1280x720 and 1-8 of 10 at 1920x1080, so 90 % still tells the profile's transport from UDP.
+    for name, received in result['intact'].items():
+        wanted = FRAMES if name.endswith('_reliable') else BEST_EFFORT_MIN_SHARE * FRAMES
+        assert received >= wanted, (name, result)
     assert not any(result['damaged'].values()), result
