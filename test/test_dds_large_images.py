@@ -2,7 +2,8 @@
 
 With Fast DDS's built-in transports a frame larger than the default shared-memory segment goes
 over UDP, where best-effort frames of 1280x720 rgb8 are lost whole; these tests run a publisher
-and a subscriber as separate processes with the profile and check that the frames arrive intact: all of them on reliable streams, at least 90 % best effort.
+and a subscriber as separate processes with the profile and check that the frames arrive intact:
+all of them on reliable streams, at least 90 % best effort.
 """
 
 from __future__ import annotations
