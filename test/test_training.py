@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def one_thread():
 
 
 def tiny_recipe_file(folder: Path, root: Path, net: str = TINY_NET) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / 'tiny.yaml'
     path.write_text(TINY_RECIPE % {'net': net, 'root': root})
     return path
@@ -304,6 +306,60 @@ def test_existing_run_needs_resume_and_resume_needs_training_state(tmp_path, few
         Trainer(tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=1'))
     with pytest.raises(TrainingError, match='no training state'):
         Trainer(tiny_recipe(tmp_path, few_shapes_root), resume=tmp_path / 'run' / 'best.pt')
+
+
+def test_resuming_with_more_epochs_says_how_to_go_on(tmp_path, few_shapes_root, one_thread):
+    Trainer(tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=1')).fit()
+    trainer = Trainer(tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=3'), resume=True)
+    with pytest.raises(TrainingError, match=r"cannot resume stage 'main' .*model.init=.*last.pt"):
+        trainer.fit()
+
+
+def test_model_init_starts_a_new_run_from_a_checkpoints_weights(tmp_path, few_shapes_root, one_thread):
+    Trainer(tiny_recipe(tmp_path / 'first', few_shapes_root, 'train.epochs=1')).fit()
+    source = load_checkpoint(tmp_path / 'first' / 'run' / 'best.pt')
+    trainer = Trainer(tiny_recipe(tmp_path / 'second', few_shapes_root, 'train.epochs=1',
+                                  f'model.init={tmp_path / "first" / "run" / "best.pt"}'))
+    for key, tensor in trainer.net.state_dict().items():
+        assert torch.equal(tensor, source.state_dict[key]), key
+    trainer.fit()  # a new run: its own epochs and schedule, not a resume
+    assert [r['global_epoch'] for r in read_epoch_records(tmp_path / 'second' / 'run' / 'log.jsonl')] == [0]
+
+
+def test_model_init_with_other_classes_keeps_only_the_class_independent_weights(tmp_path, few_shapes_root,
+                                                                               one_thread):
+    Trainer(tiny_recipe(tmp_path / 'first', few_shapes_root, 'train.epochs=1')).fit()
+    source = load_checkpoint(tmp_path / 'first' / 'run' / 'best.pt')
+    renamed = tmp_path / 'renamed'
+    shutil.copytree(few_shapes_root, renamed)
+    classes = json.loads((renamed / 'classes.yaml').read_text())
+    for entry, name in zip(classes['classes'], ('ground', 'crate', 'ball', 'pole'), strict=True):
+        entry['name'] = name
+    (renamed / 'classes.yaml').write_text(json.dumps({**classes, 'name': 'my_labels'}))
+    trainer = Trainer(tiny_recipe(tmp_path / 'second', renamed,
+                                  f'model.init={tmp_path / "first" / "run" / "best.pt"}'))
+    state = trainer.net.state_dict()
+    classifier = {'body.7.weight', 'body.7.bias'}  # the 1x1 convolution to the classes
+    for key in state:
+        assert torch.equal(state[key], source.state_dict[key]) == (key not in classifier), key
+
+
+@pytest.mark.parametrize(('init', 'message'), [
+    ('enet', 'it holds a test_training_tiny_fcn, the recipe trains a enet'),
+    ('garbage', 'model.init: .*garbage.pt'),
+])
+def test_model_init_problems_name_the_file(tmp_path, few_shapes_root, one_thread, init, message):
+    if init == 'enet':
+        Trainer(tiny_recipe(tmp_path / 'first', few_shapes_root, 'train.epochs=1')).fit()
+        recipe = tiny_recipe(tmp_path, few_shapes_root, f'model.init={tmp_path / "first" / "run" / "best.pt"}',
+                             net='enet')
+    else:
+        (tmp_path / 'garbage.pt').write_bytes(b'not a checkpoint')
+        recipe = tiny_recipe(tmp_path, few_shapes_root, f'model.init={tmp_path / "garbage.pt"}')
+    with pytest.raises(TrainingError, match=message):
+        Trainer(recipe)
+    with pytest.raises(RecipeError, match='model.init'):
+        tiny_recipe(tmp_path, few_shapes_root, 'model.init=5')
 
 
 def test_mixup_bf16_channels_last_and_a_class_weighted_loss(tmp_path, few_shapes_root, one_thread):

@@ -2,7 +2,8 @@
 
 A recipe (``config/train/<network>_<dataset>.yaml``) writes out every hyper-parameter of a run::
 
-    model:     {name, options}                   the network, as ``seg_ros.models.build_model`` takes it
+    model:     {name, options, init}             the network, as ``seg_ros.models.build_model`` takes it;
+                                                 init: a checkpoint to start from (fine-tuning)
     data:      {dataset, root, train_split, val_split, options, num_workers, check_files}
     augment:   {crop_size, scale_range, hflip, mixup_alpha}
     loss:      criterion spec (``seg_ros.training.losses.build_criterion``)
@@ -49,7 +50,11 @@ PRECISIONS = ('fp32', 'fp16', 'bf16')
 SCHEDULE_METRICS = ('val_miou', 'train_loss')
 
 DEFAULTS: dict[str, Any] = {
-    'model': {'name': None, 'options': {}},
+    'model': {
+        'name': None,
+        'options': {},
+        'init': None,            # checkpoint whose weights the run starts from (fine-tuning); see Trainer
+    },
     'data': {
         'dataset': None,
         'root': None,
@@ -340,6 +345,9 @@ def validate_recipe(recipe: dict[str, Any]) -> None:
     _check_section_types(recipe)
     if not isinstance(recipe['model']['name'], str):
         raise _fail('model.name', f'needs a network name (e.g. enet), got {recipe["model"]["name"]!r}')
+    if recipe['model']['init'] is not None and (not isinstance(recipe['model']['init'], str)
+                                                or not recipe['model']['init']):
+        raise _fail('model.init', f'needs a checkpoint path or null, got {recipe["model"]["init"]!r}')
     train, evaluation = recipe['train'], recipe['eval']
     if train['precision'] not in PRECISIONS:
         raise _fail('train.precision', f'needs one of {", ".join(PRECISIONS)}, got {train["precision"]!r}')

@@ -370,6 +370,8 @@ class Trainer:
         self._provenance = provenance()
         if self.resume_path is not None:
             self._load_resume_state()
+        elif model_cfg['init'] is not None:
+            self._load_initial_weights(Path(model_cfg['init']))
         self.net.to(self.device, memory_format=self.memory_format)
         if self.procs.distributed and self.device.type == 'cuda':
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
@@ -499,7 +501,39 @@ class Trainer:
         self.net.train()
         return unused
 
-    # -- resume ----------------------------------------------------------------------------------------
+    # -- fine-tuning and resume ------------------------------------------------------------------------
+
+    def _load_initial_weights(self, path: Path) -> None:
+        """``model.init``: start from the weights of ``path`` (a best.pt, last.pt or shipped model).
+
+        Everything is taken when the checkpoint was trained on the same classes; for other classes
+        (say, fine-tuning a CamVid model on one's own labels) the class-dependent tensors, the ones
+        whose shape follows the number of classes, keep their fresh initialisation. Epochs, optimiser
+        and schedule start anew: this is a new run, not a resume.
+        """
+        try:
+            checkpoint = load_checkpoint(path)
+        except Exception as exc:  # CheckpointError and whatever a half-written disk gives
+            raise TrainingError(f'model.init: {exc}') from None
+        name = self.recipe['model']['name']
+        if checkpoint.model_name != name:
+            raise TrainingError(f'model.init {path}: it holds a {checkpoint.model_name}, the recipe trains a {name}')
+        own = self.net.state_dict()
+        skipped = set()
+        if checkpoint.labels.names != self.labels.names:
+            other = build_model(name, self.labels.num_classes + 1, **self.recipe['model']['options']).state_dict()
+            skipped = {key for key, tensor in own.items() if other[key].shape != tensor.shape}
+        loaded = {key: tensor for key, tensor in checkpoint.state_dict.items()
+                  if key in own and key not in skipped and own[key].shape == tensor.shape}
+        missing = sorted(set(own) - set(loaded) - skipped)
+        if missing:
+            raise TrainingError(f'model.init {path}: its weights do not fit the recipe\'s {name} '
+                                f'(options {self.recipe["model"]["options"]}): {len(missing)} tensor(s) '
+                                f'missing or of another shape, e.g. {missing[0]}')
+        self.net.load_state_dict(loaded, strict=False)
+        log.info('model.init %s: %d tensors taken%s', path, len(loaded),
+                 f'; {len(skipped)} class-dependent ones initialised afresh ({checkpoint.labels.name} '
+                 f'-> {self.labels.name})' if skipped else '')
 
     def _load_resume_state(self) -> None:
         try:
@@ -643,8 +677,13 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == 'fp16')
         if done:
             state = self._resume_training_state
-            optimizer.load_state_dict(state['optimizer'])
-            scheduler.load_state_dict(state['scheduler'])
+            try:
+                optimizer.load_state_dict(state['optimizer'])
+                scheduler.load_state_dict(state['scheduler'])
+            except ValueError as exc:  # the recipe's stage changed (epochs, optimiser) since the checkpoint
+                raise TrainingError(f'cannot resume stage {stage.name!r} from {self.resume_path}: {exc}; to go on '
+                                    f'with other settings, start a new run from its weights: '
+                                    f'model.init={self.resume_path}') from None
             scaler.load_state_dict(state['scaler'])
         if self._saved_rng is not None:
             set_rng_state(self._saved_rng[self.procs.rank])
