@@ -23,6 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 CAMVID_ROOT = REPO.parent / 'shared' / 'data' / 'camvid'
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, whatever an earlier test set: tiny networks train far faster on
+    one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption('--run-reliability', action='store_true',
                      help='run the long soak / flood / fuzz / fault tests (marker: reliability)')

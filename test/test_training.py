@@ -113,14 +113,6 @@ def few_shapes_root(tmp_path_factory) -> Path:
     return write_shapes(tmp_path_factory.mktemp('few_shapes'), train=8, val=4)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks train far faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_recipe_file(folder: Path, root: Path, net: str = TINY_NET) -> Path:
     folder.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ from seg_ros.paths import DEFAULT_DATASET, share_dirs
 from seg_ros.training.cli import eval_main
 from seg_ros.training.config import RecipeError, dump_recipe, find_recipe, load_recipe, resolve_stages
 from seg_ros.training.evaluate import format_report
-from seg_ros.training.trainer import _changed_keys, read_epoch_records
+from seg_ros.training.trainer import _changed_keys, log_records, read_epoch_records
 
 __all__ = ['EvaluationError', 'main', 'measure_speed', 'seg_eval_report', 'training_wall_time', 'write_card',
            'write_index']
@@ -82,11 +82,7 @@ def training_wall_time(log_path: str | os.PathLike) -> float | None:
     is not counted, its redone copy is.
     """
     total, last, epochs = 0.0, None, 0
-    for line in Path(log_path).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the partial last line of a killed run
+    for record in log_records(log_path):
         if record.get('event') == 'start':
             last = record['time']
         elif record.get('event') == 'epoch' and last is not None:

@@ -254,6 +254,15 @@ def _scalars(record: dict[str, Any], prefix: str = '') -> Iterator[tuple[str, fl
             yield f'{record.get("event", "")}/{prefix}{key}', float(value)
 
 
+def log_records(log_path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The records of a run's JSON-lines log, in order, without the partial last line of a killed run."""
+    for line in Path(log_path).read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue
+
+
 def read_log(log_path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(step records, epoch records) of a run's JSON-lines log, in order.
 
@@ -261,11 +270,7 @@ def read_log(log_path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[di
     """
     steps: dict[int, dict[str, Any]] = {}
     epochs: dict[tuple[int, int], dict[str, Any]] = {}
-    for line in Path(log_path).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the partial last line of a killed run
+    for record in log_records(log_path):
         if record.get('event') == 'step':
             steps[record['step']] = record
         elif record.get('event') == 'epoch':

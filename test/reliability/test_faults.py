@@ -147,13 +147,6 @@ def test_a_checkpoint_replaced_under_the_running_node(ros: Ros, tmp_path: Path) 
 # -- training --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_a_label_file_that_goes_missing_during_a_run(tmp_path: Path, one_thread, capsys) -> None:
     """(A missing file before a run: test_training.py::test_data_problems_are_reported_before_training.)"""
