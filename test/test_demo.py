@@ -38,7 +38,8 @@ def _check_live_lines(stdout: str) -> None:
     assert max(float(line['fps']) for line in lines) > 0
     shares = CLASS_SHARE.findall(lines[-1]['classes'])
     assert len(shares) == 3 and all(name in CAMVID11.names for name, _ in shares), lines[-1][0]
-    assert 0 < sum(float(share) for _, share in shares) <= 100.1
+    rounding = 0.05 * len(shares) + 1e-6  # each share is printed rounded to 0.1 %
+    assert 0 < sum(float(share) for _, share in shares) <= 100 + rounding
 
 
 @pytest.mark.slow
