@@ -13,7 +13,8 @@ with ``--json PATH``:
   latency from each image's stamp to its mask's arrival, output rate, dropped frames, CPU use,
   and the ratio of end-to-end latency to the bare forward at the same settings.
 - ``overload``: frames at twice the node's capacity: latency, drops and memory over time.
-- ``training``: training images/s, fp32 against mixed precision, with and without channels_last.
+- ``training``: training images/s with data loading, per network: the streamed fp32 trainer against
+  today's (split in memory, the precision and layout measured fastest).
 
 Then the targets of the project, met or missed by how much, from the figures above.
 
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -51,6 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import __version__
 from .checkpoint import Checkpoint, save_checkpoint
+from .data import SegmentationDataset, build_dataset
 from .export import format_resolution, parse_resolution
 from .fastpath import build_forward, latencies_ms, prepare_model
 from .inference import Segmenter, resolve_device, resolve_precision
@@ -809,49 +812,37 @@ def bench_overload(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 # -- training ----------------------------------------------------------------------------------------
 
-def _training_step(args: argparse.Namespace, network: str, device: torch.device, precision: str,
-                   channels_last: bool) -> Callable[[], None]:
-    """One optimiser step of ``network`` on a fixed random batch, as the trainer takes it."""
-    from .training.evaluate import autocast_context
-    from .training.losses import build_criterion
-    from .training.schedules import build_optimizer
+def synthetic_training_split(folder: Path, size: tuple[int, int], frames: int) -> SegmentationDataset:
+    """``frames`` JPEG frames of the synthetic road scene with their exact labels, as a ``folder`` dataset."""
+    from .synthetic import SyntheticRoadScene
 
-    torch.manual_seed(args.seed)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(network, num_classes=args.num_classes).to(device, memory_format=memory_format).train()
-    optimizer = build_optimizer(model.parameters(), {'name': 'sgd', 'lr': 1e-3})
-    criterion = build_criterion({'name': 'ce'}, num_classes=args.num_classes)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
-    size = (args.train_batch, *args.train_size)
-    images = torch.randn(size[0], 3, *size[1:], device=device).contiguous(memory_format=memory_format)
-    target = torch.randint(0, args.num_classes, size, device=device)
-
-    def step() -> None:
-        with autocast_context(device, precision):
-            logits = model(images)
-        loss = criterion(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    return step
+    scene = SyntheticRoadScene(width=size[1], height=size[0])
+    for sub in ('images/train', 'labels/train'):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    (folder / 'classes.txt').write_text(''.join(f'{n} {r} {g} {b}\n' for n, (r, g, b)
+                                                in zip(CAMVID11.names, CAMVID11.colors, strict=True)))
+    for index in range(frames):
+        image, label = scene.frame(index / 15)
+        cv2.imwrite(str(folder / 'images' / 'train' / f'{index:04d}.jpg'), image[..., ::-1],
+                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(str(folder / 'labels' / 'train' / f'{index:04d}.png'), label)
+    return build_dataset('folder', folder, 'train')
 
 
-def bench_training(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    """Images/s of training steps: fp32 and mixed precision, NCHW and channels_last."""
-    mixed = 'fp16' if device.type == 'cuda' else 'bf16'
+def bench_training(args: argparse.Namespace, device: torch.device, folder: Path) -> list[dict]:
+    """Training images/s, data loading included: the streamed fp32 trainer against today's, per network."""
+    from .training.speed import compare_trainers
+
+    needed = args.train_batch * (args.train_iterations + 1)
+    if args.train_data:
+        dataset = build_dataset('camvid', args.train_data, 'train')
+    else:
+        dataset = synthetic_training_split(folder / 'training_frames', args.train_size, needed)
     rows = []
     for network in args.train_networks:
-        for precision in ('fp32', mixed):
-            for channels_last in (False, True):
-                step = _training_step(args, network, device, precision, channels_last)
-                times = _time_calls(step, device, iterations=args.train_iterations)
-                rows.append({'network': network, 'precision': precision, 'channels_last': channels_last,
-                             'batch': args.train_batch, 'resolution': format_resolution(args.train_size),
-                             'step_p50_ms': float(np.median(times)),
-                             'images_per_s': 1000.0 * args.train_batch / float(np.median(times)),
-                             'load_average': _load_average()})
+        for row in compare_trainers(network, dataset, device, batch=args.train_batch, crop=args.train_size,
+                                    batches=args.train_iterations):
+            rows.append({**row, 'load_average': _load_average()})
     return rows
 
 
@@ -869,6 +860,11 @@ def evaluate_targets(results: dict[str, Any], device: torch.device) -> list[dict
         targets.append(_target(f'fast path >= 2x plain fp32 eager ({row["network"]}, {row["resolution"]}, '
                                f'best: {row["best_mode"]} {row["best_precision"]})', row['speedup'], 2.0,
                                higher_is_better=True, unit='x'))
+    for row in results.get('training', []):
+        if row['trainer'] == 'now':
+            targets.append(_target(f'training images/s >= 2x the streamed fp32 trainer ({row["network"]}, '
+                                   f'{row["crop"]}, batch {row["batch"]})', row['speedup'], 2.0,
+                                   higher_is_better=True, unit='x'))
     overload = results.get('overload', {})
     if 'p99_over_p50' in overload:
         targets.append(_target('overload: latency bounded, p99 within 2x p50', overload['p99_over_p50'], 2.0,
@@ -969,7 +965,9 @@ def _parser() -> argparse.ArgumentParser:
     training.add_argument('--train-networks', nargs='+', choices=list_models(), default=None)
     training.add_argument('--train-batch', type=int, default=None)
     training.add_argument('--train-size', type=_resolutions, default=None, metavar='WxH')
-    training.add_argument('--train-iterations', type=int, default=None)
+    training.add_argument('--train-iterations', type=int, default=None, help='timed batches per trainer')
+    training.add_argument('--train-data', type=Path, default=None, metavar='CAMVID_ROOT',
+                          help='read CamVid train frames from here (default: synthetic road frames)')
     return parser
 
 
@@ -993,10 +991,10 @@ def _defaults(args: argparse.Namespace, device: torch.device) -> None:
         'node_forward_iterations': 100 if cuda else 12,
         'message_iterations': 30 if cuda else 3,
         'overload_seconds': 8.0 if quick else 30.0,
-        'train_networks': networks if cuda else ['enet'],
-        'train_batch': 8 if cuda else 2,
-        'train_size': (360, 480) if cuda else (192, 256),
-        'train_iterations': 10 if cuda else 2,
+        'train_networks': networks,
+        'train_batch': 8,
+        'train_size': (360, 480),
+        'train_iterations': 10 if cuda else 3,
     }
     for key, value in choose.items():
         if getattr(args, key) is None:
@@ -1032,7 +1030,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if 'overload' in args.sections:
             results['overload'] = bench_overload(args, folder)
         if 'training' in args.sections:
-            results['training'] = bench_training(args, device)
+            results['training'] = bench_training(args, device, folder)
     results['targets'] = evaluate_targets(results, device)
     results['machine']['load_average_end'] = [round(v, 2) for v in os.getloadavg()]
     return results
@@ -1087,9 +1085,10 @@ def report(results: dict[str, Any]) -> str:
             'rss_settled_max_mib': 'RSS max, settled', 'rss_end_mib': 'RSS end MiB',
             'rss_settled_slope_mib_per_min': 'RSS MiB/min, settled'})]
     if results.get('training'):
-        parts += ['## Training throughput', markdown_table(results['training'], {
-            'network': 'network', 'precision': 'precision', 'channels_last': 'channels_last',
-            'batch': 'batch', 'resolution': 'WxH', 'step_p50_ms': 'step ms', 'images_per_s': 'images/s'})]
+        parts += ['## Training throughput (data loading included)', markdown_table(results['training'], {
+            'network': 'network', 'trainer': 'trainer', 'data': 'data', 'precision': 'precision',
+            'channels_last': 'channels_last', 'batch': 'batch', 'crop': 'crop WxH', 'images_per_s': 'images/s',
+            'speedup': 'speed-up', 'load_average': 'load'})]
     if results.get('targets'):
         parts += ['## Targets', markdown_table(results['targets'], {
             'target': 'target', 'measured': 'measured', 'required': 'required', 'unit': 'unit', 'met': 'met',

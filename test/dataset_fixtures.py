@@ -126,3 +126,35 @@ def make_folder(root: Path, split: str, labels: dict[str, np.ndarray], *, classe
     if classes_txt is not None:
         (root / 'classes.txt').write_text(classes_txt)
     return images
+
+
+# Class i is drawn in SHAPE_COLORS[i] plus noise: what the network must learn is knowable.
+SHAPE_CLASSES = ('background', 'red_box', 'green_disc', 'blue_bar')
+SHAPE_COLORS = ((128, 128, 128), (220, 40, 40), (40, 200, 60), (40, 60, 220))
+
+
+def write_shapes(root: Path, *, train: int = 24, val: int = 8, size: tuple[int, int] = (48, 64),
+                 seed: int = 0) -> Path:
+    """A ``folder`` dataset of noisy coloured boxes, discs and bars on grey, with exact labels."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    classes = [{'name': n, 'color': list(c)} for n, c in zip(SHAPE_CLASSES, SHAPE_COLORS, strict=True)]
+    (root / 'classes.yaml').write_text(json.dumps({'name': 'shapes', 'classes': classes}))
+    height, width = size
+    for split, count in (('train', train), ('val', val)):
+        (root / 'images' / split).mkdir(parents=True, exist_ok=True)
+        (root / 'labels' / split).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            label = np.zeros(size, np.uint8)
+            for cls in (1, 2, 3):
+                y, x = rng.integers(0, height - 12), rng.integers(0, width - 12)
+                h, w = rng.integers(8, 20, size=2)
+                if cls == 2:
+                    cv2.circle(label, (int(x + w // 2), int(y + h // 2)), int(min(h, w) // 2), cls, -1)
+                else:
+                    label[y:y + h, x:x + w] = cls
+            image = np.asarray(SHAPE_COLORS, np.float32)[label] + rng.normal(0, 20, (*size, 3))
+            image = image.clip(0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / 'images' / split / f'{index:03d}.png'), image[..., ::-1])
+            cv2.imwrite(str(root / 'labels' / split / f'{index:03d}.png'), label)
+    return root

@@ -27,17 +27,14 @@ from seg_ros.training.config import RecipeError, load_recipe, recipe_dirs, resol
 from seg_ros.training.evaluate import evaluate
 from seg_ros.training.losses import build_criterion
 from seg_ros.training.schedules import build_optimizer, build_scheduler
+from seg_ros.training.speed import candidate_settings
 from seg_ros.training.trainer import Trainer, TrainingError, read_epoch_records
 
-from .dataset_fixtures import make_cityscapes
+from .dataset_fixtures import SHAPE_CLASSES, make_cityscapes, write_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / 'config' / 'train').glob('*.yaml'))
 TINY_NET = 'test_training_tiny_fcn'
-
-# Class i is drawn in SHAPE_COLORS[i] plus noise: what the network must learn is knowable.
-SHAPE_CLASSES = ('background', 'red_box', 'green_disc', 'blue_bar')
-SHAPE_COLORS = ((128, 128, 128), (220, 40, 40), (40, 200, 60), (40, 60, 220))
 
 TINY_RECIPE = """
 model: {name: %(net)s}
@@ -73,33 +70,6 @@ except KeyError:
     @register_model(TINY_NET)
     def tiny_fcn(*, num_classes: int, width: int = 16) -> TinyFCN:
         return TinyFCN(num_classes, width)
-
-
-def write_shapes(root: Path, *, train: int = 24, val: int = 8, size: tuple[int, int] = (48, 64),
-                 seed: int = 0) -> Path:
-    """A ``folder`` dataset of noisy coloured boxes, discs and bars on grey, with exact labels."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    classes = [{'name': n, 'color': list(c)} for n, c in zip(SHAPE_CLASSES, SHAPE_COLORS, strict=True)]
-    (root / 'classes.yaml').write_text(json.dumps({'name': 'shapes', 'classes': classes}))
-    height, width = size
-    for split, count in (('train', train), ('val', val)):
-        (root / 'images' / split).mkdir(parents=True, exist_ok=True)
-        (root / 'labels' / split).mkdir(parents=True, exist_ok=True)
-        for index in range(count):
-            label = np.zeros(size, np.uint8)
-            for cls in (1, 2, 3):
-                y, x = rng.integers(0, height - 12), rng.integers(0, width - 12)
-                h, w = rng.integers(8, 20, size=2)
-                if cls == 2:
-                    cv2.circle(label, (int(x + w // 2), int(y + h // 2)), int(min(h, w) // 2), cls, -1)
-                else:
-                    label[y:y + h, x:x + w] = cls
-            image = np.asarray(SHAPE_COLORS, np.float32)[label] + rng.normal(0, 20, (*size, 3))
-            image = image.clip(0, 255).astype(np.uint8)
-            cv2.imwrite(str(root / 'images' / split / f'{index:03d}.png'), image[..., ::-1])
-            cv2.imwrite(str(root / 'labels' / split / f'{index:03d}.png'), label)
-    return root
 
 
 @pytest.fixture(scope='module')
@@ -146,7 +116,9 @@ def test_overrides_set_dotted_keys_with_yaml_values():
     ('augment.crop=[1, 2]', "unknown key 'augment.crop'"),
     ('stages.2.epochs=1', 'stages is a list of 2'),
     ('stages.1.epoch=1', "unknown key 'stages.1.epoch' (did you mean 'epochs'?)"),
-    ('train.precision=fp8', "'train.precision': needs one of fp32, fp16, bf16"),
+    ('train.precision=fp8', "'train.precision': needs auto or one of fp32, fp16, bf16"),
+    ('train.channels_last=maybe', "'train.channels_last': needs auto, true or false"),
+    ('data.cache=sometimes', "'stages.0.data.cache': needs auto, true or false"),
     ('augment.scale_range=[2, 1]', "'stages.0.augment.scale_range'"),
     ('train.epochs=5', "'train.epochs': is 5 but the recipe lists stages"),
     ('data.root', 'is not key=value'),
@@ -183,7 +155,8 @@ def test_recipe_files_are_found_by_name_and_missing_ones_listed():
 def test_bundled_recipe_builds_every_stage(path):
     """Every recipe names a network, dataset, loss, optimiser and schedule that build as written."""
     recipe = load_recipe(path)
-    assert path.stem == f'{recipe["model"]["name"]}_{recipe["data"]["dataset"]}'
+    # <network>_<dataset>, optionally _<variant> (enet_camvid_cpu: the procedure sized for a CPU)
+    assert path.stem.removesuffix('_cpu') == f'{recipe["model"]["name"]}_{recipe["data"]["dataset"]}'
     model = build_model(recipe['model']['name'], 19, **recipe['model']['options'])
     for stage in resolve_stages(recipe):
         assert stage.data['dataset'] in list_datasets(), f'{stage.name}: unknown dataset'
@@ -248,14 +221,17 @@ def _subprocess_env() -> dict[str, str]:
             'OMP_NUM_THREADS': '1'}
 
 
-def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, few_shapes_root, one_thread, caplog):
-    """A run killed with SIGKILL and resumed ends bit-identical to one never interrupted."""
+@pytest.mark.parametrize('cache', ['true', 'false'], ids=['in_memory', 'streamed'])
+def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, few_shapes_root, one_thread, caplog, cache):
+    """A run killed with SIGKILL and resumed ends bit-identical to one never interrupted, whether the
+    split is decoded into memory (augmented in this process) or streamed from disk."""
     recipe = tiny_recipe_file(tmp_path, few_shapes_root)
     epochs = 'train.epochs=6'
-    Trainer(load_recipe(recipe, [f'output.dir={tmp_path / "whole"}', epochs])).fit()
+    Trainer(load_recipe(recipe, [f'output.dir={tmp_path / "whole"}', epochs, f'data.cache={cache}'])).fit()
 
     killed = tmp_path / 'killed'
-    process = subprocess.Popen(_train_command(recipe, killed, epochs), env=_subprocess_env(), cwd=REPO,
+    process = subprocess.Popen(_train_command(recipe, killed, epochs, f'data.cache={cache}'), env=_subprocess_env(),
+                               cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while process.poll() is None:
         if (killed / 'last.pt').exists():  # the first epoch's checkpoint, written after its log record
@@ -268,7 +244,7 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, few_shapes_ro
     assert 1 <= interrupted_at < 6
 
     with caplog.at_level(logging.INFO, logger='seg_ros.training.trainer'):
-        Trainer(load_recipe(recipe, [f'output.dir={killed}', epochs]), resume=True).fit()
+        Trainer(load_recipe(recipe, [f'output.dir={killed}', epochs, f'data.cache={cache}']), resume=True).fit()
     assert f'{interrupted_at} epoch(s) done' in caplog.text
     whole, again = load_checkpoint(tmp_path / 'whole' / 'last.pt'), load_checkpoint(killed / 'last.pt')
     assert whole.state_dict.keys() == again.state_dict.keys()
@@ -276,6 +252,60 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, few_shapes_ro
         assert torch.equal(value, again.state_dict[key]), key
     assert again.training['global_step'] == whole.training['global_step'] == 6 * 4
     assert [r['epoch'] for r in read_epoch_records(killed / 'log.jsonl')] == list(range(6))
+
+
+def test_auto_precision_times_the_candidates_and_a_resume_keeps_the_choice(tmp_path, few_shapes_root, one_thread,
+                                                                         caplog):
+    overrides = ['train.deterministic=false', 'train.precision=auto', 'train.channels_last=auto']
+    with caplog.at_level(logging.INFO, logger='seg_ros.training.trainer'):
+        trainer = Trainer(tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=1', *overrides))
+        trainer.fit()
+    start = next(json.loads(line) for line in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()
+                 if '"start"' in line)
+    chosen = start['step_settings']
+    measured = chosen['seconds_per_step']
+    # fp32 and, where this CPU has native bf16, bf16; each in both memory layouts
+    assert set(measured) == {str(s) for s in candidate_settings(torch.device('cpu'))}
+    assert len(measured) in (2, 4)
+    assert all(seconds > 0 for seconds in measured.values())
+    fastest = min(measured, key=measured.get)
+    assert fastest == str(trainer.step_choice.settings)
+    assert f'training step: {fastest}' in caplog.text
+    assert load_checkpoint(tmp_path / 'run' / 'last.pt').training['step_settings'] == {
+        'precision': chosen['precision'], 'channels_last': chosen['channels_last']}
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='seg_ros.training.trainer'):
+        resumed = Trainer(tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=2', *overrides), resume=True)
+    assert resumed.step_choice.settings == trainer.step_choice.settings
+    assert 'chosen when the run started' in caplog.text and resumed.step_choice.timings == {}
+
+
+def test_deterministic_runs_resolve_auto_to_fp32_without_timing(tmp_path, few_shapes_root, one_thread):
+    trainer = Trainer(tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=1', 'train.precision=auto'))
+    assert str(trainer.step_choice.settings) == 'fp32' and trainer.step_choice.timings == {}
+
+
+def test_training_split_in_memory_or_streamed_as_asked(tmp_path, few_shapes_root, one_thread):
+    cached = Trainer(tiny_recipe(tmp_path / 'a', few_shapes_root, 'train.epochs=1', 'data.cache=auto',
+                                 'data.num_workers=auto'))
+    summary = cached.check()[0]
+    assert 'in memory on cpu, augmented per frame (OpenCV)' in summary
+    on_batches = Trainer(tiny_recipe(tmp_path / 'b', few_shapes_root, 'train.epochs=1', 'data.batch_augment=true'))
+    assert 'augmented per batch (tensors)' in on_batches.check()[0]
+    on_batches.fit()
+    assert (tmp_path / 'b' / 'run' / 'last.pt').is_file()
+    streamed = Trainer(tiny_recipe(tmp_path / 'c', few_shapes_root, 'train.epochs=1', 'data.cache=false',
+                                   'data.num_workers=auto'))
+    workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+    assert f'streamed by {workers or "no"} worker process(es)' in streamed.check()[0]
+
+
+def test_step_records_come_about_ten_times_per_epoch_by_default(tmp_path, shapes_root, one_thread):
+    Trainer(tiny_recipe(tmp_path, shapes_root, 'train.epochs=1', 'train.log_every=auto')).fit()
+    steps = [json.loads(line) for line in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()
+             if '"step"' in line and '"event": "step"' in line]
+    assert [r['step'] for r in steps] == list(range(1, 13))  # 24 images, batches of 2: every step of 12
 
 
 def test_data_problems_are_reported_before_training(tmp_path):

@@ -96,7 +96,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             return 0
         last = trainer.fit()
         if trainer.procs.is_main:
-            print(f'done: {last} (best: {last.parent / "best.pt"}, best val mIoU {trainer.best_miou})')
+            best = 'none' if trainer.best_miou is None else f'{trainer.best_miou:.2f}'
+            print(f'done: {last} (best: {last.parent / "best.pt"}, best val mIoU {best})')
         return 0
     except (*EXPECTED_ERRORS, TrainingError) as exc:
         print(f'seg-train: error: {exc}', file=sys.stderr)

@@ -4,12 +4,13 @@ A recipe (``config/train/<network>_<dataset>.yaml``) writes out every hyper-para
 
     model:     {name, options, init}             the network, as ``seg_ros.models.build_model`` takes it;
                                                  init: a checkpoint to start from (fine-tuning)
-    data:      {dataset, root, train_split, val_split, options, num_workers, check_files}
+    data:      {dataset, root, train_split, val_split, options, num_workers, cache, batch_augment,
+                check_files}
     augment:   {crop_size, scale_range, hflip, mixup_alpha}
     loss:      criterion spec (``seg_ros.training.losses.build_criterion``)
     optimizer: optimiser spec (``seg_ros.training.schedules.build_optimizer``)
     scheduler: schedule spec (``seg_ros.training.schedules.build_scheduler``)
-    train:     {epochs, batch_size, precision, channels_last, seed, deterministic, device,
+    train:     {epochs, batch_size, precision, channels_last, compile, seed, deterministic, device,
                 val_every, log_every, schedule_metric}
     eval:      {input_size, batch_size, flip, scales}
     output:    {dir}
@@ -61,7 +62,9 @@ DEFAULTS: dict[str, Any] = {
         'train_split': 'train',
         'val_split': 'val',      # null: no validation (and no best.pt)
         'options': {},           # the reader's own (build_dataset), e.g. cityscapes {annotations: coarse}
-        'num_workers': 4,
+        'num_workers': 'auto',   # auto: none with the split cached, else one per core beyond the first (<= 4)
+        'cache': 'auto',         # decode the training split once into memory: auto (if it fits) | true | false
+        'batch_augment': 'auto',  # augment whole batches as tensor ops on the device: auto (on CUDA) | true | false
         'check_files': True,     # read every file before training starts
     },
     'augment': {
@@ -76,13 +79,14 @@ DEFAULTS: dict[str, Any] = {
     'train': {
         'epochs': None,          # the single stage's epochs; null when `stages` lists them
         'batch_size': 8,         # per process; torchrun multiplies it by the number of processes
-        'precision': 'fp32',     # fp32 | fp16 (autocast + gradient scaler) | bf16 (autocast)
-        'channels_last': False,
+        'precision': 'auto',     # auto (the fastest measured) | fp32 | fp16 (autocast + scaler) | bf16 (autocast)
+        'channels_last': 'auto',  # auto (the fastest measured, with precision) | true | false
+        'compile': False,        # torch.compile the network for training
         'seed': 0,
         'deterministic': False,  # deterministic algorithms, for bit-exact runs and resumes
         'device': 'auto',        # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
         'val_every': 1,          # epochs between validations (the last epoch of a stage always)
-        'log_every': 50,         # iterations between JSON-lines records
+        'log_every': 'auto',     # iterations between JSON-lines records; auto: about 10 per epoch
         'schedule_metric': 'val_miou',  # what plateau_halving watches: val_miou | train_loss
     },
     'eval': {
@@ -322,7 +326,11 @@ def _check_stage(stage: Stage, prefix: str) -> None:
         raise _fail(f'{prefix}data.val_split', f'needs a split name or null, got {data["val_split"]!r}')
     if not isinstance(data.get('options'), dict):
         raise _fail(f'{prefix}data.options', f'needs a mapping of reader options, got {data.get("options")!r}')
-    _check_int(data.get('num_workers'), f'{prefix}data.num_workers', minimum=0)
+    if data.get('num_workers') != 'auto':
+        _check_int(data.get('num_workers'), f'{prefix}data.num_workers', minimum=0)
+    for key in ('cache', 'batch_augment'):
+        if data.get(key) not in ('auto', True, False):
+            raise _fail(f'{prefix}data.{key}', f'needs auto, true or false, got {data.get(key)!r}')
     _check_size(augment.get('crop_size'), f'{prefix}augment.crop_size', optional=False)
     scale_range = augment.get('scale_range')
     if (not isinstance(scale_range, (list, tuple)) or len(scale_range) != 2
@@ -349,14 +357,17 @@ def validate_recipe(recipe: dict[str, Any]) -> None:
                                                 or not recipe['model']['init']):
         raise _fail('model.init', f'needs a checkpoint path or null, got {recipe["model"]["init"]!r}')
     train, evaluation = recipe['train'], recipe['eval']
-    if train['precision'] not in PRECISIONS:
-        raise _fail('train.precision', f'needs one of {", ".join(PRECISIONS)}, got {train["precision"]!r}')
-    for key in ('channels_last', 'deterministic'):
+    if train['precision'] not in ('auto', *PRECISIONS):
+        raise _fail('train.precision', f'needs auto or one of {", ".join(PRECISIONS)}, got {train["precision"]!r}')
+    if train['channels_last'] != 'auto' and not isinstance(train['channels_last'], bool):
+        raise _fail('train.channels_last', f'needs auto, true or false, got {train["channels_last"]!r}')
+    for key in ('compile', 'deterministic'):
         if not isinstance(train[key], bool):
             raise _fail(f'train.{key}', f'needs true or false, got {train[key]!r}')
     _check_int(train['seed'], 'train.seed', minimum=0)
     _check_int(train['val_every'], 'train.val_every', minimum=1)
-    _check_int(train['log_every'], 'train.log_every', minimum=1)
+    if train['log_every'] != 'auto':
+        _check_int(train['log_every'], 'train.log_every', minimum=1)
     if train['schedule_metric'] not in SCHEDULE_METRICS:
         raise _fail('train.schedule_metric', f'needs one of {", ".join(SCHEDULE_METRICS)}, '
                                              f'got {train["schedule_metric"]!r}')

@@ -57,15 +57,15 @@ class EvaluationError(RuntimeError):
 
 
 def seg_eval_report(checkpoint: str | os.PathLike, *, dataset: str, root: str | os.PathLike, split: str,
-                    json_path: str | os.PathLike, device: str = 'auto', num_workers: int = 2,
-                    check_files: bool = True) -> dict[str, Any]:
+                    json_path: str | os.PathLike, device: str = 'auto', precision: str = 'fp32',
+                    num_workers: int = 2, check_files: bool = True) -> dict[str, Any]:
     """``seg-eval``'s JSON report of ``checkpoint`` on a split, at the checkpoint's input size.
 
     Runs ``seg-eval`` itself (in this process), so the numbers are those of the one evaluation
     path; it prints its table and writes ``json_path`` and the confusion matrix PNG beside it.
     """
     argv = [str(checkpoint), '--dataset', dataset, '--data-root', str(root), '--split', split,
-            '--json', str(json_path), '--device', device, '--num-workers', str(num_workers)]
+            '--json', str(json_path), '--device', device, '--precision', precision, '--num-workers', str(num_workers)]
     errors = io.StringIO()
     with contextlib.redirect_stderr(errors):
         status = eval_main([*argv, *([] if check_files else ['--no-check-files'])])

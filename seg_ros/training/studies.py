@@ -40,9 +40,10 @@ import torch
 from seg_ros.bench import machine_info, markdown_table
 from seg_ros.data import DatasetError, build_dataset, class_frequencies
 from seg_ros.inference import resolve_device
+from seg_ros.reporting import clock_duration
 from seg_ros.training.config import RecipeError, load_recipe
 from seg_ros.training.modelcard import seg_eval_report, training_wall_time
-from seg_ros.training.trainer import BEST, LOG, Trainer, TrainingError, read_epoch_records
+from seg_ros.training.trainer import BEST, LOG, Trainer, TrainingError, read_epoch_records, resolve_num_workers
 
 __all__ = ['STUDIES', 'Run', 'Study', 'main', 'run_study']
 
@@ -200,17 +201,18 @@ def _finished(folder: Path, overrides: list[str]) -> dict[str, Any] | None:
 def _train_and_score(recipe_name: str, overrides: list[str], folder: Path) -> dict[str, Any]:
     """Train (or finish) the run in ``folder``, score its best.pt, write and return the done marker."""
     recipe = load_recipe(recipe_name, overrides)
-    Trainer(recipe, resume=True).fit()
+    trainer = Trainer(recipe, resume=True)
+    trainer.fit()
     data = recipe['data']
     # check_files=False: the trainer read every file before training
     report = seg_eval_report(folder / BEST, dataset=data['dataset'], root=data['root'],
                              split=data['val_split'], json_path=folder / 'val.json',
-                             device=recipe['train']['device'], num_workers=data['num_workers'],
-                             check_files=False)
+                             device=recipe['train']['device'], precision=trainer.precision,
+                             num_workers=resolve_num_workers(data['num_workers'], cached=False), check_files=False)
     done = {
         'recipe_overrides': overrides,
         'finished': datetime.now(timezone.utc).isoformat(timespec='seconds'),
-        'precision': recipe['train']['precision'],
+        'precision': trainer.precision,
         'epochs': len(read_epoch_records(folder / LOG)),
         'wall_time_s': training_wall_time(folder / LOG),
         **{key: report[key] for key in ('miou', 'pixel_accuracy', 'mean_class_accuracy', 'per_class_iou')},
@@ -243,15 +245,6 @@ def _percent(value: float | None) -> str | None:
     return None if value is None else f'{value:.1f}'
 
 
-def _duration(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    if seconds < 60:
-        return f'{seconds:.1f} s'
-    minutes, secs = divmod(round(seconds), 60)
-    return f'{minutes // 60}:{minutes % 60:02d}:{secs:02d}'
-
-
 def _status(row: dict[str, Any]) -> str:
     if row['status'] == 'done':
         return 'done (earlier)' if row['reused'] else 'done'
@@ -270,7 +263,7 @@ def format_results(results: dict[str, Any]) -> str:
         per_class = row.get('per_class_iou') or {}
         rows.append({'label': row['label'], **{f'iou.{n}': _percent(per_class.get(n)) for n in classes},
                      'miou': _percent(row.get('miou')), 'epochs': row.get('epochs'),
-                     'wall_time': _duration(row.get('wall_time_s')), 'precision': row.get('precision'),
+                     'wall_time': clock_duration(row.get('wall_time_s')), 'precision': row.get('precision'),
                      'published': row['published'], 'status': _status(row)})
     frequency = results.get('class_frequency')
     if frequency:
@@ -383,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_results(results))
     failed = [row['name'] for row in results['runs'] if row['status'] == 'failed']
-    print(f'{len(results["runs"])} run(s) in {_duration(time.perf_counter() - started)}; table: '
+    print(f'{len(results["runs"])} run(s) in {clock_duration(time.perf_counter() - started)}; table: '
           f'{out / RESULTS}.md' + (f'; failed: {", ".join(failed)}' if failed else ''))
     return 1 if failed else 0
 

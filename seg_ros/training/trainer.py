@@ -51,9 +51,11 @@ from seg_ros.data import (
     mixup_batch,
     validate_dataset,
 )
+from seg_ros.data.memory import BatchAugment, FramesInMemory, InMemoryLoader, PerFrameAugment, memory_budget_bytes
 from seg_ros.inference import resolve_device
 from seg_ros.labels import IGNORE_INDEX, LabelSet
 from seg_ros.models import build_model, count_parameters
+from seg_ros.reporting import clock_duration
 from seg_ros.training.config import RecipeError, Stage, dump_recipe, resolve_stages
 from seg_ros.training.evaluate import (
     agg_pyplot,
@@ -65,8 +67,9 @@ from seg_ros.training.evaluate import (
 )
 from seg_ros.training.losses import Criterion, build_criterion
 from seg_ros.training.schedules import LRSchedule, build_optimizer, build_scheduler
+from seg_ros.training.speed import StepChoice, StepSettings, choose_step_settings
 
-__all__ = ['Trainer', 'TrainingError', 'plot_curves', 'read_epoch_records', 'read_log']
+__all__ = ['Trainer', 'TrainingError', 'plot_curves', 'read_epoch_records', 'read_log', 'resolve_num_workers']
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,14 @@ def start_processes(device_spec: str) -> Processes:
         dist.init_process_group('nccl' if use_cuda else 'gloo', init_method='env://')
     device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
     return Processes(dist.get_rank(), dist.get_world_size(), device)
+
+
+def resolve_num_workers(setting: int | str, *, cached: bool) -> int:
+    """``data.num_workers``; auto: none when the split is in memory, else a core for the step and the rest
+    (up to 4) for decoding."""
+    if setting != 'auto':
+        return int(setting)
+    return 0 if cached else min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
 def _derived_seed(*parts: int) -> int:
@@ -203,7 +214,7 @@ class StageRun:
     """What one stage trains with."""
 
     stage: Stage
-    loader: DataLoader
+    loader: DataLoader | InMemoryLoader
     sampler: DistributedSampler
     val_loader: DataLoader | None
     criterion: Criterion
@@ -351,9 +362,6 @@ class Trainer:
         self.output = Path(recipe['output']['dir'])
         self.procs = start_processes(self.train_cfg['device'])
         self.device = self.procs.device
-        self.precision = self.train_cfg['precision']
-        self.memory_format = (torch.channels_last if self.train_cfg['channels_last']
-                              else torch.contiguous_format)
         self.resume_path = self._resume_path(resume)
         configure_determinism(self.train_cfg['deterministic'])
         seed = self.train_cfg['seed']
@@ -372,11 +380,19 @@ class Trainer:
         self._resume_training_state: dict[str, Any] | None = None
         self._saved_rng: list[dict[str, Any]] | None = None
         self._prepared: dict[int, StageRun] = {}
+        self._frames: dict[str, FramesInMemory | None] = {}
         self._provenance = provenance()
         if self.resume_path is not None:
             self._load_resume_state()
         elif model_cfg['init'] is not None:
             self._load_initial_weights(Path(model_cfg['init']))
+        self.step_choice = self._choose_step_settings()
+        timings = ', '.join(f'{name} {seconds:.3f} s' for name, seconds in self.step_choice.timings.items())
+        log.info('training step: %s (%s%s)', self.step_choice.settings, self.step_choice.reason,
+                 f'; seconds per step: {timings}' if timings else '')
+        self.precision = self.step_choice.settings.precision
+        self.memory_format = (torch.channels_last if self.step_choice.settings.channels_last
+                              else torch.contiguous_format)
         self.net.to(self.device, memory_format=self.memory_format)
         if self.procs.distributed and self.device.type == 'cuda':
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
@@ -436,6 +452,55 @@ class Trainer:
         self._barrier()
         return labels
 
+    def _choose_step_settings(self) -> StepChoice:
+        """``train.precision`` / ``train.channels_last``, with ``auto`` resolved by timing a few steps.
+
+        A resumed run keeps what its first start chose, so that its numbers do not change mid-run.
+        """
+        precision, channels_last = self.train_cfg['precision'], self.train_cfg['channels_last']
+        saved = (self._resume_training_state or {}).get('step_settings')
+        if saved is not None and 'auto' in (precision, channels_last):
+            return StepChoice(StepSettings(**saved), reason=f'chosen when the run started ({self.resume_path})')
+        if self.train_cfg['deterministic']:  # a timing-based choice would differ from run to run
+            return StepChoice(StepSettings('fp32' if precision == 'auto' else precision,
+                                           False if channels_last == 'auto' else channels_last),
+                              reason='deterministic run: auto is fp32, NCHW')
+        stage = self.stages[min(self.position[0], len(self.stages) - 1)]
+        choice = None
+        if self.procs.is_main:
+            choice = choose_step_settings(self.net, self.device, batch=stage.batch_size,
+                                          crop=stage.augment['crop_size'], num_classes=self.labels.num_classes,
+                                          precision=precision, channels_last=channels_last)
+        if self.procs.distributed:  # every process must train with the same numbers
+            shared = [choice]
+            dist.broadcast_object_list(shared, src=0)
+            choice = shared[0]
+        return choice
+
+    def _frames_in_memory(self, data: dict[str, Any], split: str, device: torch.device) -> FramesInMemory | None:
+        """``split`` decoded into memory on ``device`` per ``data.cache``, or None to stream it (once per split)."""
+        key = json.dumps([data['dataset'], data['root'], split, data['options'], str(device)], sort_keys=True)
+        if key in self._frames:
+            return self._frames[key]
+        frames = None
+        if data['cache'] is not False:
+            dataset = open_dataset(data, split)
+            needed, budget = FramesInMemory.estimated_bytes(dataset), memory_budget_bytes(device)
+            if data['cache'] is True or needed <= budget:
+                try:
+                    frames = FramesInMemory.load(dataset, device)
+                except DatasetError as exc:
+                    if data['cache'] is True:
+                        raise TrainingError(f'data.cache=true: {exc}') from None
+                    log.info('streaming %r: %s', dataset, exc)
+                else:
+                    log.info('%r decoded into memory on %s: %.0f MB', dataset, device, frames.nbytes / 1e6)
+            else:
+                log.info('streaming %r: %.0f MB would exceed a quarter of the free memory (%.0f MB)',
+                         dataset, needed / 1e6, budget * 4 / 1e6)
+        self._frames[key] = frames
+        return frames
+
     def _input_size(self) -> tuple[int, int]:
         """The resolution the checkpoint declares: what validation feeds the network."""
         if self.eval_cfg['input_size'] is not None:
@@ -458,15 +523,24 @@ class Trainer:
         if len(sampler) < stage.batch_size:
             raise TrainingError(f'stage {stage.name!r}: {len(train_set)} training images ({len(sampler)} per '
                                 f'process) are fewer than one batch of {stage.batch_size}')
-        loader = DataLoader(train_set, batch_size=stage.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=data['num_workers'], pin_memory=self.device.type == 'cuda',
-                            worker_init_fn=_seed_worker, generator=torch.Generator())
+        on_device = data['batch_augment'] is True or (data['batch_augment'] == 'auto' and self.device.type == 'cuda')
+        frames = self._frames_in_memory(data, data['train_split'],
+                                        self.device if on_device else torch.device('cpu'))
+        workers = resolve_num_workers(data['num_workers'], cached=frames is not None)
+        if frames is not None:
+            batch_augment = (BatchAugment(transform.crop_size, transform.scale_range, transform.hflip,
+                                          IMAGENET_MEAN, IMAGENET_STD) if on_device else PerFrameAugment(transform))
+            loader = InMemoryLoader(frames, sampler, stage.batch_size, batch_augment)
+        else:
+            loader = DataLoader(train_set, batch_size=stage.batch_size, sampler=sampler, drop_last=True,
+                                num_workers=workers, pin_memory=self.device.type == 'cuda',
+                                worker_init_fn=_seed_worker, generator=torch.Generator())
         val_loader = None
         if data['val_split'] is not None:
             val_set = open_dataset(data, data['val_split'], EvalTransform(IMAGENET_MEAN, IMAGENET_STD))
             shard = Subset(val_set, range(rank, len(val_set), world))
             val_loader = DataLoader(shard, batch_size=self.eval_cfg['batch_size'], shuffle=False,
-                                    num_workers=data['num_workers'], pin_memory=self.device.type == 'cuda')
+                                    num_workers=workers, pin_memory=self.device.type == 'cuda')
         frequencies = LazyClassFrequencies(open_dataset(data, data['train_split']),
                                            self.output / f'class_frequencies_{data["dataset"]}_'
                                                          f'{data["train_split"]}.json',
@@ -585,6 +659,8 @@ class Trainer:
             'rng': rng,
             'best_miou': self.best_miou,
             'world_size': self.procs.world_size,
+            'step_settings': {'precision': self.precision,
+                              'channels_last': self.memory_format == torch.channels_last},
         }
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -619,7 +695,12 @@ class Trainer:
             self.log = RunLog(self.output)
             self.log.write({'event': 'start', 'resume': str(self.resume_path) if self.resume_path else None,
                             'processes': self.procs.world_size, 'device': str(self.device),
-                            'parameters': count_parameters(self.net)})
+                            'parameters': count_parameters(self.net),
+                            'step_settings': {'precision': self.precision,
+                                              'channels_last': self.memory_format == torch.channels_last,
+                                              'compile': self.train_cfg['compile'],
+                                              'reason': self.step_choice.reason,
+                                              'seconds_per_step': self.step_choice.timings}})
             log.info('%s: %d parameters, %d process(es) on %s, output %s', self.recipe['model']['name'],
                      count_parameters(self.net), self.procs.world_size, self.device, self.output)
         try:
@@ -660,7 +741,8 @@ class Trainer:
             run = self._prepared[index] = self._prepare_stage(index)
             unused = run.unused
             lines.append(f'stage {index + 1} {stage.name!r}: {stage.epochs} epochs x {len(run.loader)} '
-                         f'batches of {stage.batch_size} ({len(run.loader.dataset)} images), crop '
+                         f'batches of {stage.batch_size} ({len(run.sampler.dataset)} images), '
+                         f'{_feeding(run.loader)}, crop '
                          f'{stage.augment["crop_size"]}, loss {stage.loss}, {stage.optimizer}, '
                          f'{stage.scheduler}' + (', encoder only' if stage.encoder_only else '')
                          + (f', {len(unused)} parameter tensor(s) unused' if unused else ''))
@@ -679,6 +761,8 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == 'cuda' else None
             model = DistributedDataParallel(self.net, device_ids=device_ids,
                                             find_unused_parameters=bool(run.unused))
+        if self.train_cfg['compile']:
+            model = torch.compile(model)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == 'fp16')
         if done:
             state = self._resume_training_state
@@ -699,11 +783,14 @@ class Trainer:
                  self.procs.world_size, stage.augment['crop_size'], stage.optimizer['name'],
                  ', encoder only' if stage.encoder_only else '')
         for epoch in range(done, stage.epochs):
+            started = time.perf_counter()
             train_stats = self._train_epoch(model, run, optimizer, scheduler, scaler, index, epoch)
             report = None
             last_epoch = epoch + 1 == stage.epochs
             if run.val_loader is not None and ((epoch + 1) % self.train_cfg['val_every'] == 0 or last_epoch):
                 report = self._validate(run)
+            train_stats['wall_time'] = time.perf_counter() - started
+            train_stats['remaining_s'] = self._remaining_seconds(index, epoch, train_stats['wall_time'])
             scheduler.step_epoch(self._schedule_metric(train_stats, report))
             self.position = (index, epoch + 1)
             self._end_epoch(index, epoch, train_stats, report, optimizer, scheduler, scaler)
@@ -720,8 +807,12 @@ class Trainer:
         stage = run.stage
         global_epoch = sum(s.epochs for s in self.stages[:stage_index]) + epoch
         run.sampler.set_epoch(global_epoch)
-        run.loader.generator.manual_seed(_derived_seed(self.train_cfg['seed'], self.procs.rank, global_epoch))
+        if isinstance(run.loader, DataLoader):  # its workers' seeds; in memory, the process' generator draws
+            run.loader.generator.manual_seed(_derived_seed(self.train_cfg['seed'], self.procs.rank, global_epoch))
         mixup_alpha = stage.augment['mixup_alpha']
+        log_every = self.train_cfg['log_every']
+        if log_every == 'auto':
+            log_every = max(1, len(run.loader) // 10)
         model.train()
         total_loss = torch.zeros((), device=self.device)
         images_seen, started = 0, time.perf_counter()
@@ -748,7 +839,7 @@ class Trainer:
             self.global_step += 1
             total_loss += loss.detach()
             images_seen += images.shape[0] * self.procs.world_size
-            if batch % self.train_cfg['log_every'] == 0 or batch == len(run.loader):
+            if batch % log_every == 0 or batch == len(run.loader):
                 mean_loss = total_loss.item() / batch
                 if not math.isfinite(mean_loss) and self.precision != 'fp16':
                     raise TrainingError(f'stage {stage.name!r} epoch {epoch + 1}: the loss became '
@@ -774,7 +865,7 @@ class Trainer:
         confusion = evaluate(self.net, batches, num_classes=self.labels.num_classes,
                              device=self.device, input_size=self.eval_cfg['input_size'],
                              flip=self.eval_cfg['flip'], scales=self.eval_cfg['scales'],
-                             precision=self.precision, channels_last=self.train_cfg['channels_last'],
+                             precision=self.precision, channels_last=self.step_choice.settings.channels_last,
                              forward_options={'encoder_only': True} if run.stage.encoder_only else None)
         self.net.train()
         return summarize(confusion, self.labels)
@@ -801,10 +892,21 @@ class Trainer:
         if improved:
             save_checkpoint(self._checkpoint(None), self.output / BEST)
         save_checkpoint(self._checkpoint(training), self.output / LAST)
-        log.info('%s epoch %d/%d: loss %.4f, lr %.3g, %.1f img/s, %.0f s%s', stage.name, epoch + 1,
+        log.info('%s epoch %d/%d: loss %.4f, lr %.3g, %.1f img/s, %.0f s%s, run ETA %s', stage.name, epoch + 1,
                  stage.epochs, train_stats['train_loss'], train_stats['lr'], train_stats['images_per_s'],
-                 train_stats['epoch_time'],
-                 '' if report is None else f', val mIoU {_fmt(report["miou"])} (best {_fmt(self.best_miou)})')
+                 train_stats['wall_time'],
+                 '' if report is None else f', val mIoU {_fmt(report["miou"])} (best {_fmt(self.best_miou)})',
+                 clock_duration(train_stats['remaining_s']))
+
+    def _remaining_seconds(self, stage_index: int, epoch: int, seconds: float) -> float:
+        """What the rest of the run takes if every epoch costs this one's time per crop pixel."""
+        def pixels(stage: Stage) -> int:
+            return stage.augment['crop_size'][0] * stage.augment['crop_size'][1]
+
+        stage = self.stages[stage_index]
+        work = (stage.epochs - epoch - 1) * pixels(stage) + sum(s.epochs * pixels(s)
+                                                               for s in self.stages[stage_index + 1:])
+        return seconds * work / pixels(stage)
 
     def _final_plots(self) -> None:
         steps, records = read_log(self.output / LOG)
@@ -831,6 +933,15 @@ class Trainer:
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
             value /= self.procs.world_size
         return float(value)
+
+
+def _feeding(loader: DataLoader | InMemoryLoader) -> str:
+    """How batches reach the step, for the stage summary."""
+    if isinstance(loader, InMemoryLoader):
+        where = 'on ' + str(loader.frames.images.device)
+        augment = 'per frame (OpenCV)' if isinstance(loader.augment, PerFrameAugment) else 'per batch (tensors)'
+        return f'in memory {where}, augmented {augment}'
+    return f'streamed by {loader.num_workers or "no"} worker process(es)'
 
 
 def _fmt(value: float | None) -> str:

@@ -36,9 +36,10 @@ from seg_ros.training.cli import train_main
 from seg_ros.training.config import load_recipe
 from seg_ros.training.trainer import Trainer, read_epoch_records
 
+from ..dataset_fixtures import write_shapes
 from ..support import CHANNEL_LABELS, CHANNEL_NET, ChannelArgmaxNet, channel_checkpoint
 from ..test_node import Ros, camera_image, pixels, stamped, values, wait_for
-from ..test_training import _subprocess_env, _train_command, tiny_recipe_file, write_shapes
+from ..test_training import _subprocess_env, _train_command, tiny_recipe_file
 from .harness import REPO
 
 HEIGHT, WIDTH = 48, 64

@@ -37,9 +37,10 @@ from seg_ros.ros.node import SegmentNode, StartupError
 from seg_ros.training.cli import eval_main, train_main
 from seg_ros.training.config import RecipeError, load_recipe
 
+from ..dataset_fixtures import write_shapes
 from ..support import CHANNEL_NET, channel_checkpoint
 from ..test_node import Ros
-from ..test_training import tiny_recipe_file, write_shapes
+from ..test_training import tiny_recipe_file
 from .harness import REPO
 
 SOURCES = sorted([*(REPO / 'seg_ros').rglob('*.py'), *(REPO / 'launch').glob('*.py')])
