@@ -26,9 +26,10 @@ from seg_ros.training.cli import eval_main, train_main
 from seg_ros.training.config import RecipeError, load_recipe, recipe_dirs, resolve_stages
 from seg_ros.training.evaluate import evaluate
 from seg_ros.training.losses import build_criterion
+from seg_ros.training.runlog import read_epoch_records
 from seg_ros.training.schedules import build_optimizer, build_scheduler
 from seg_ros.training.speed import candidate_settings
-from seg_ros.training.trainer import Trainer, TrainingError, read_epoch_records
+from seg_ros.training.trainer import Trainer, TrainingError
 
 from .dataset_fixtures import SHAPE_CLASSES, make_cityscapes, write_shapes
 

@@ -43,7 +43,7 @@ from seg_ros.paths import DEFAULT_DATASET, share_dirs
 from seg_ros.training.cli import eval_main
 from seg_ros.training.config import RecipeError, dump_recipe, find_recipe, load_recipe, resolve_stages
 from seg_ros.training.evaluate import format_report
-from seg_ros.training.trainer import _changed_keys, log_records, read_epoch_records
+from seg_ros.training.runlog import changed_keys, log_records, read_epoch_records
 
 __all__ = ['EvaluationError', 'main', 'measure_speed', 'seg_eval_report', 'training_wall_time', 'write_card',
            'write_index']
@@ -177,7 +177,7 @@ def card_text(*, file_name: str, checkpoint: Checkpoint, checkpoint_path: Path, 
     has_log = log_path.is_file()
     wall_time = training_wall_time(log_path) if has_log else None
     logged_epochs = len(read_epoch_records(log_path)) if has_log else None
-    changed = _changed_keys(load_recipe(recipe_name, overrides), _over_current_defaults(recipe))
+    changed = changed_keys(load_recipe(recipe_name, overrides), _over_current_defaults(recipe))
     parameters = count_parameters(checkpoint.build_model())
     height, width = checkpoint.input_size
     header = {

@@ -42,8 +42,10 @@ from seg_ros.data import DatasetError, build_dataset, class_frequencies
 from seg_ros.inference import resolve_device
 from seg_ros.reporting import clock_duration
 from seg_ros.training.config import RecipeError, load_recipe
+from seg_ros.training.feeding import resolve_num_workers
 from seg_ros.training.modelcard import seg_eval_report, training_wall_time
-from seg_ros.training.trainer import BEST, LOG, Trainer, TrainingError, read_epoch_records, resolve_num_workers
+from seg_ros.training.runlog import LOG, read_epoch_records
+from seg_ros.training.trainer import BEST, Trainer, TrainingError
 
 __all__ = ['STUDIES', 'Run', 'Study', 'main', 'run_study']
 

@@ -15,16 +15,11 @@ and resumed ends with the same weights as one never interrupted.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,180 +28,51 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from seg_ros import __version__
 from seg_ros.checkpoint import IMAGENET_MEAN, IMAGENET_STD, Checkpoint, load_checkpoint, save_checkpoint
-from seg_ros.data import (
-    DatasetError,
-    EvalTransform,
-    SegmentationDataset,
-    TrainTransform,
-    build_dataset,
-    class_frequencies,
-    mixup_batch,
-    validate_dataset,
-)
-from seg_ros.data.memory import BatchAugment, FramesInMemory, InMemoryLoader, PerFrameAugment, memory_budget_bytes
-from seg_ros.inference import resolve_device
+from seg_ros.data import DatasetError, EvalTransform, TrainTransform, mixup_batch
+from seg_ros.data.memory import InMemoryLoader
 from seg_ros.labels import IGNORE_INDEX, LabelSet
 from seg_ros.models import build_model, count_parameters
 from seg_ros.reporting import clock_duration
 from seg_ros.training.config import RecipeError, Stage, dump_recipe, resolve_stages
-from seg_ros.training.evaluate import (
-    agg_pyplot,
-    autocast_context,
-    check_same_classes,
-    evaluate,
-    plot_per_class_iou,
-    summarize,
+from seg_ros.training.evaluate import autocast_context, evaluate, summarize
+from seg_ros.training.feeding import (
+    LazyClassFrequencies,
+    SplitCache,
+    check_datasets,
+    describe_feeding,
+    open_dataset,
+    resize_target,
+    resolve_num_workers,
+    train_loader,
 )
+from seg_ros.training.finetune import InitError, load_initial_weights
 from seg_ros.training.losses import Criterion, build_criterion
+from seg_ros.training.processes import (
+    configure_determinism,
+    derived_seed,
+    rng_state,
+    set_rng_state,
+    start_processes,
+)
+from seg_ros.training.runlog import RunLog, changed_keys, plot_run, provenance, remaining_seconds
 from seg_ros.training.schedules import LRSchedule, build_optimizer, build_scheduler
 from seg_ros.training.speed import StepChoice, StepSettings, choose_step_settings
 
-__all__ = ['Trainer', 'TrainingError', 'plot_curves', 'read_epoch_records', 'read_log', 'resolve_num_workers']
+__all__ = ['BEST', 'LAST', 'Trainer', 'TrainingError']
 
 log = logging.getLogger(__name__)
 
-LAST, BEST, LOG, RECIPE = 'last.pt', 'best.pt', 'log.jsonl', 'recipe.yaml'
+LAST, BEST, RECIPE = 'last.pt', 'best.pt', 'recipe.yaml'
 
 
 class TrainingError(RuntimeError):
     """A run that cannot start or go on; the message says why and what to do."""
-
-
-# -- processes, devices, random generators ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Processes:
-    """This process' place in the run: rank, number of processes, device."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def start_processes(device_spec: str) -> Processes:
-    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 (env://), else one process."""
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    if world_size == 1:
-        return Processes(0, 1, resolve_device(device_spec))
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    use_cuda = device_spec != 'cpu' and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group('nccl' if use_cuda else 'gloo', init_method='env://')
-    device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
-    return Processes(dist.get_rank(), dist.get_world_size(), device)
-
-
-def resolve_num_workers(setting: int | str, *, cached: bool) -> int:
-    """``data.num_workers``; auto: none when the split is in memory, else a core for the step and the rest
-    (up to 4) for decoding."""
-    if setting != 'auto':
-        return int(setting)
-    return 0 if cached else min(4, max(0, (os.cpu_count() or 1) - 1))
-
-
-def _derived_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, stable across runs and machines."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
-
-
-def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker (base_seed + id) and python's random; numpy is left to us.
-    np.random.seed(torch.initial_seed() % 2**32)
-
-
-def rng_state() -> dict[str, Any]:
-    """This process' global generators as tensors and plain values (weights-only loadable)."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    python_version, python_state, gauss_next = random.getstate()
-    return {
-        'torch': torch.get_rng_state(),
-        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'position': int(position),
-                  'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
-        'python': {'version': python_version, 'state': list(python_state), 'gauss_next': gauss_next},
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-    numpy_state = state['numpy']
-    np.random.set_state((numpy_state['kind'], numpy_state['keys'].numpy().astype(np.uint32),
-                         numpy_state['position'], numpy_state['has_gauss'], numpy_state['cached_gaussian']))
-    python_state = state['python']
-    random.setstate((python_state['version'], tuple(python_state['state']), python_state['gauss_next']))
-
-
-def configure_determinism(deterministic: bool) -> None:
-    """Bit-exact algorithms (slower on GPUs) or the fastest ones (cuDNN autotuning)."""
-    torch.backends.cudnn.benchmark = not deterministic
-    torch.backends.cudnn.deterministic = deterministic
-    if deterministic:
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-    # warn_only: a few CUDA kernels (e.g. bilinear upsampling backward) have no deterministic variant.
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-
-
-# -- data ---------------------------------------------------------------------------------------------
-
-
-class LazyClassFrequencies:
-    """Class frequencies computed (and cached) only if a loss asks for them.
-
-    ``build_criterion`` checks ``len()`` against the number of classes; only losses that weight
-    classes (balanced CE, OWFL) read the values, which costs a pass over the training labels.
-    """
-
-    def __init__(self, dataset: SegmentationDataset, cache_path: Path, announce: bool) -> None:
-        self.dataset = dataset
-        self.cache_path = cache_path
-        self.announce = announce
-        self._values: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return self.dataset.label_set.num_classes
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        if self._values is None:
-            if self.announce:
-                log.info('class frequencies of %r (cached in %s)', self.dataset, self.cache_path)
-            self._values = class_frequencies(self.dataset, cache_path=self.cache_path, progress=self.announce)
-        return self._values if dtype is None else self._values.astype(dtype)
-
-
-def open_dataset(data: dict[str, Any], split: str,
-                 transform: Callable | None = None) -> SegmentationDataset:
-    """``split`` of a stage's ``data`` section, read with the section's reader options."""
-    return build_dataset(data['dataset'], data['root'], split, transform, **data['options'])
-
-
-def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Labels (N, H, W) or soft targets (N, C, H, W) at ``size`` by nearest neighbour (ERFNet, 001)."""
-    if tuple(target.shape[-2:]) == tuple(size):
-        return target
-    if target.is_floating_point():
-        return F.interpolate(target, size=size, mode='nearest')
-    return F.interpolate(target[:, None].float(), size=size, mode='nearest')[:, 0].long()
 
 
 @dataclass
@@ -222,126 +88,6 @@ class StageRun:
     unused: list[str] = field(default_factory=list)
     optimizer: torch.optim.Optimizer | None = None
     scheduler: LRSchedule | None = None
-
-
-# -- logging and plots --------------------------------------------------------------------------------
-
-
-class RunLog:
-    """JSON-lines records (``log.jsonl``) and, when tensorboard is installed, TensorBoard scalars."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOG
-        self._file = self.path.open('a')
-        self._tensorboard = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.debug('tensorboard is not installed: JSON-lines log only')
-        else:
-            self._tensorboard = SummaryWriter(str(folder / 'tensorboard'))
-
-    def write(self, record: dict[str, Any], *, step: int | None = None) -> None:
-        record = {'time': round(time.time(), 3), **record}
-        self._file.write(json.dumps(record) + '\n')
-        self._file.flush()
-        if self._tensorboard is not None and step is not None:
-            for key, value in _scalars(record):
-                self._tensorboard.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        self._file.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-
-
-def _scalars(record: dict[str, Any], prefix: str = '') -> Iterator[tuple[str, float]]:
-    for key, value in record.items():
-        if key in ('time', 'event', 'stage', 'epoch', 'step', 'global_epoch'):
-            continue
-        if isinstance(value, dict):
-            yield from _scalars(value, f'{prefix}{key}/')
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield f'{record.get("event", "")}/{prefix}{key}', float(value)
-
-
-def log_records(log_path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """The records of a run's JSON-lines log, in order, without the partial last line of a killed run."""
-    for line in Path(log_path).read_text().splitlines():
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            continue
-
-
-def read_log(log_path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(step records, epoch records) of a run's JSON-lines log, in order.
-
-    What a resumed run redid (the steps of the epoch it was killed in) counts once, as redone.
-    """
-    steps: dict[int, dict[str, Any]] = {}
-    epochs: dict[tuple[int, int], dict[str, Any]] = {}
-    for record in log_records(log_path):
-        if record.get('event') == 'step':
-            steps[record['step']] = record
-        elif record.get('event') == 'epoch':
-            epochs[(record['stage'], record['epoch'])] = record
-    return [steps[k] for k in sorted(steps)], [epochs[k] for k in sorted(epochs)]
-
-
-def read_epoch_records(log_path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The epoch records of a run's JSON-lines log (see :func:`read_log`)."""
-    return read_log(log_path)[1]
-
-
-def plot_curves(steps: list[dict[str, Any]], epochs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """PNG of the training loss and learning rate by step and the validation mIoU by epoch."""
-    plt = agg_pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot([r['step'] for r in steps], [r['loss'] for r in steps], alpha=0.4, label='logged interval')
-    axes[0].plot([e['end_step'] for e in epochs], [e['train_loss'] for e in epochs], marker='.',
-                 label='epoch mean')
-    axes[0].set(title='training loss', xlabel='step')
-    axes[0].legend()
-    axes[1].plot([r['step'] for r in steps], [r['lr'] for r in steps])
-    axes[1].set(title='learning rate', xlabel='step')
-    validated = [r for r in epochs if r.get('val')]
-    axes[2].plot([r['global_epoch'] + 1 for r in validated], [r['val']['miou'] or 0.0 for r in validated],
-                 marker='.')
-    axes[2].set(title='validation mIoU %', xlabel='epoch')
-    starts = {r['stage']: r for r in reversed(epochs)}  # each stage's first epoch
-    for stage, first in starts.items():
-        if stage == epochs[0]['stage']:
-            continue
-        axes[0].axvline(first['end_step'] - first['steps'], color='grey', linestyle='--', linewidth=0.8)
-        axes[1].axvline(first['end_step'] - first['steps'], color='grey', linestyle='--', linewidth=0.8)
-        axes[2].axvline(first['global_epoch'] + 0.5, color='grey', linestyle='--', linewidth=0.8)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def provenance() -> dict[str, Any]:
-    """Where and with what a checkpoint was made."""
-    source = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(['git', '-C', str(source), 'rev-parse', 'HEAD'], capture_output=True,
-                                text=True, timeout=5, check=True).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        'seg_ros': __version__,
-        'git_commit': commit,
-        'host': socket.gethostname(),
-        'torch': str(torch.__version__),
-        'cuda': torch.version.cuda,
-        'time': datetime.now(timezone.utc).isoformat(timespec='seconds'),
-        'command': ' '.join(sys.argv),
-    }
 
 
 # -- the trainer --------------------------------------------------------------------------------------
@@ -380,12 +126,15 @@ class Trainer:
         self._resume_training_state: dict[str, Any] | None = None
         self._saved_rng: list[dict[str, Any]] | None = None
         self._prepared: dict[int, StageRun] = {}
-        self._frames: dict[str, FramesInMemory | None] = {}
+        self._splits = SplitCache()
         self._provenance = provenance()
         if self.resume_path is not None:
             self._load_resume_state()
         elif model_cfg['init'] is not None:
-            self._load_initial_weights(Path(model_cfg['init']))
+            try:
+                load_initial_weights(self.net, Path(model_cfg['init']), model_cfg, self.labels)
+            except InitError as exc:
+                raise TrainingError(str(exc)) from None
         self.step_choice = self._choose_step_settings()
         timings = ', '.join(f'{name} {seconds:.3f} s' for name, seconds in self.step_choice.timings.items())
         log.info('training step: %s (%s%s)', self.step_choice.settings, self.step_choice.reason,
@@ -417,33 +166,12 @@ class Trainer:
             raise TrainingError(f'--resume {path}: no such checkpoint')
         return path
 
-    def _datasets(self) -> Iterator[tuple[str, dict[str, Any], str]]:
-        """(what, data config, split) of every dataset the run reads, each once."""
-        seen = set()
-        for index, stage in enumerate(self.stages):
-            data = stage.data
-            for role, split in (('train', data['train_split']), ('val', data['val_split'])):
-                key = (data['dataset'], data['root'], split, json.dumps(data['options'], sort_keys=True))
-                if split is None or key in seen:
-                    continue
-                seen.add(key)
-                yield f'stage {index} ({stage.name}) {role}', data, split
-
     def _check_data(self) -> LabelSet:
         """Open every dataset, check that their classes agree and, before any training, read every file."""
-        labels = None
-        problems: list[str] = []
-        for what, data, split in self._datasets():
-            try:
-                dataset = open_dataset(data, split)
-            except DatasetError as exc:
-                raise TrainingError(f'{what}: {exc}') from None
-            if labels is None:
-                labels = dataset.label_set
-            check_same_classes(labels, dataset.label_set, what=f'{what} ({dataset!r})')
-            if data['check_files'] and self.procs.is_main:
-                log.info('checking every file of %r', dataset)
-                problems += validate_dataset(dataset)
+        try:
+            labels, problems = check_datasets(self.stages, read_files=self.procs.is_main)
+        except DatasetError as exc:
+            raise TrainingError(str(exc)) from None
         if problems:
             shown = '\n  '.join(problems[:50])
             more = f'\n  ... and {len(problems) - 50} more' if len(problems) > 50 else ''
@@ -477,30 +205,6 @@ class Trainer:
             choice = shared[0]
         return choice
 
-    def _frames_in_memory(self, data: dict[str, Any], split: str, device: torch.device) -> FramesInMemory | None:
-        """``split`` decoded into memory on ``device`` per ``data.cache``, or None to stream it (once per split)."""
-        key = json.dumps([data['dataset'], data['root'], split, data['options'], str(device)], sort_keys=True)
-        if key in self._frames:
-            return self._frames[key]
-        frames = None
-        if data['cache'] is not False:
-            dataset = open_dataset(data, split)
-            needed, budget = FramesInMemory.estimated_bytes(dataset), memory_budget_bytes(device)
-            if data['cache'] is True or needed <= budget:
-                try:
-                    frames = FramesInMemory.load(dataset, device)
-                except DatasetError as exc:
-                    if data['cache'] is True:
-                        raise TrainingError(f'data.cache=true: {exc}') from None
-                    log.info('streaming %r: %s', dataset, exc)
-                else:
-                    log.info('%r decoded into memory on %s: %.0f MB', dataset, device, frames.nbytes / 1e6)
-            else:
-                log.info('streaming %r: %.0f MB would exceed a quarter of the free memory (%.0f MB)',
-                         dataset, needed / 1e6, budget * 4 / 1e6)
-        self._frames[key] = frames
-        return frames
-
     def _input_size(self) -> tuple[int, int]:
         """The resolution the checkpoint declares: what validation feeds the network."""
         if self.eval_cfg['input_size'] is not None:
@@ -524,17 +228,13 @@ class Trainer:
             raise TrainingError(f'stage {stage.name!r}: {len(train_set)} training images ({len(sampler)} per '
                                 f'process) are fewer than one batch of {stage.batch_size}')
         on_device = data['batch_augment'] is True or (data['batch_augment'] == 'auto' and self.device.type == 'cuda')
-        frames = self._frames_in_memory(data, data['train_split'],
-                                        self.device if on_device else torch.device('cpu'))
+        try:
+            frames = self._splits.frames(data, data['train_split'], self.device if on_device else torch.device('cpu'))
+        except DatasetError as exc:
+            raise TrainingError(f'data.cache=true: {exc}') from None
         workers = resolve_num_workers(data['num_workers'], cached=frames is not None)
-        if frames is not None:
-            batch_augment = (BatchAugment(transform.crop_size, transform.scale_range, transform.hflip,
-                                          IMAGENET_MEAN, IMAGENET_STD) if on_device else PerFrameAugment(transform))
-            loader = InMemoryLoader(frames, sampler, stage.batch_size, batch_augment)
-        else:
-            loader = DataLoader(train_set, batch_size=stage.batch_size, sampler=sampler, drop_last=True,
-                                num_workers=workers, pin_memory=self.device.type == 'cuda',
-                                worker_init_fn=_seed_worker, generator=torch.Generator())
+        loader = train_loader(train_set, sampler, stage.batch_size, frames, on_device=on_device, workers=workers,
+                              pin_memory=self.device.type == 'cuda')
         val_loader = None
         if data['val_split'] is not None:
             val_set = open_dataset(data, data['val_split'], EvalTransform(IMAGENET_MEAN, IMAGENET_STD))
@@ -582,38 +282,6 @@ class Trainer:
 
     # -- fine-tuning and resume ------------------------------------------------------------------------
 
-    def _load_initial_weights(self, path: Path) -> None:
-        """``model.init``: start from the weights of ``path`` (a best.pt, last.pt or shipped model).
-
-        Everything is taken when the checkpoint was trained on the same classes; for other classes
-        (say, fine-tuning a CamVid model on one's own labels) the class-dependent tensors, the ones
-        whose shape follows the number of classes, keep their fresh initialisation. Epochs, optimiser
-        and schedule start anew: this is a new run, not a resume.
-        """
-        try:
-            checkpoint = load_checkpoint(path)
-        except Exception as exc:  # CheckpointError and whatever a half-written disk gives
-            raise TrainingError(f'model.init: {exc}') from None
-        name = self.recipe['model']['name']
-        if checkpoint.model_name != name:
-            raise TrainingError(f'model.init {path}: it holds a {checkpoint.model_name}, the recipe trains a {name}')
-        own = self.net.state_dict()
-        skipped = set()
-        if checkpoint.labels.names != self.labels.names:
-            other = build_model(name, self.labels.num_classes + 1, **self.recipe['model']['options']).state_dict()
-            skipped = {key for key, tensor in own.items() if other[key].shape != tensor.shape}
-        loaded = {key: tensor for key, tensor in checkpoint.state_dict.items()
-                  if key in own and key not in skipped and own[key].shape == tensor.shape}
-        missing = sorted(set(own) - set(loaded) - skipped)
-        if missing:
-            raise TrainingError(f'model.init {path}: its weights do not fit the recipe\'s {name} '
-                                f'(options {self.recipe["model"]["options"]}): {len(missing)} tensor(s) '
-                                f'missing or of another shape, e.g. {missing[0]}')
-        self.net.load_state_dict(loaded, strict=False)
-        log.info('model.init %s: %d tensors taken%s', path, len(loaded),
-                 f'; {len(skipped)} class-dependent ones initialised afresh ({checkpoint.labels.name} '
-                 f'-> {self.labels.name})' if skipped else '')
-
     def _load_resume_state(self) -> None:
         try:
             checkpoint = load_checkpoint(self.resume_path)
@@ -628,7 +296,7 @@ class Trainer:
             raise TrainingError(f'cannot resume from {self.resume_path}: it is a {checkpoint.model_name} '
                                 f'with {checkpoint.num_classes} classes, the recipe trains a {name} with '
                                 f'{self.labels.num_classes}')
-        changed = _changed_keys(checkpoint.meta.get('recipe', {}), self.recipe)
+        changed = changed_keys(checkpoint.meta.get('recipe', {}), self.recipe)
         if changed:
             log.warning('resuming with recipe keys changed since the checkpoint: %s', ', '.join(changed))
         self.net.load_state_dict(checkpoint.state_dict)
@@ -707,7 +375,7 @@ class Trainer:
             for index in range(self.position[0], len(self.stages)):
                 self._fit_stage(index)
             if self.procs.is_main:
-                self._final_plots()
+                plot_run(self.output, self.labels)
                 self.log.write({'event': 'end', 'best_miou': self.best_miou})
         finally:
             if self.log is not None:
@@ -742,7 +410,7 @@ class Trainer:
             unused = run.unused
             lines.append(f'stage {index + 1} {stage.name!r}: {stage.epochs} epochs x {len(run.loader)} '
                          f'batches of {stage.batch_size} ({len(run.sampler.dataset)} images), '
-                         f'{_feeding(run.loader)}, crop '
+                         f'{describe_feeding(run.loader)}, crop '
                          f'{stage.augment["crop_size"]}, loss {stage.loss}, {stage.optimizer}, '
                          f'{stage.scheduler}' + (', encoder only' if stage.encoder_only else '')
                          + (f', {len(unused)} parameter tensor(s) unused' if unused else ''))
@@ -790,7 +458,7 @@ class Trainer:
             if run.val_loader is not None and ((epoch + 1) % self.train_cfg['val_every'] == 0 or last_epoch):
                 report = self._validate(run)
             train_stats['wall_time'] = time.perf_counter() - started
-            train_stats['remaining_s'] = self._remaining_seconds(index, epoch, train_stats['wall_time'])
+            train_stats['remaining_s'] = remaining_seconds(self.stages, index, epoch, train_stats['wall_time'])
             scheduler.step_epoch(self._schedule_metric(train_stats, report))
             self.position = (index, epoch + 1)
             self._end_epoch(index, epoch, train_stats, report, optimizer, scheduler, scaler)
@@ -808,7 +476,7 @@ class Trainer:
         global_epoch = sum(s.epochs for s in self.stages[:stage_index]) + epoch
         run.sampler.set_epoch(global_epoch)
         if isinstance(run.loader, DataLoader):  # its workers' seeds; in memory, the process' generator draws
-            run.loader.generator.manual_seed(_derived_seed(self.train_cfg['seed'], self.procs.rank, global_epoch))
+            run.loader.generator.manual_seed(derived_seed(self.train_cfg['seed'], self.procs.rank, global_epoch))
         mixup_alpha = stage.augment['mixup_alpha']
         log_every = self.train_cfg['log_every']
         if log_every == 'auto':
@@ -898,29 +566,6 @@ class Trainer:
                  '' if report is None else f', val mIoU {_fmt(report["miou"])} (best {_fmt(self.best_miou)})',
                  clock_duration(train_stats['remaining_s']))
 
-    def _remaining_seconds(self, stage_index: int, epoch: int, seconds: float) -> float:
-        """What the rest of the run takes if every epoch costs this one's time per crop pixel."""
-        def pixels(stage: Stage) -> int:
-            return stage.augment['crop_size'][0] * stage.augment['crop_size'][1]
-
-        stage = self.stages[stage_index]
-        work = (stage.epochs - epoch - 1) * pixels(stage) + sum(s.epochs * pixels(s)
-                                                               for s in self.stages[stage_index + 1:])
-        return seconds * work / pixels(stage)
-
-    def _final_plots(self) -> None:
-        steps, records = read_log(self.output / LOG)
-        if not records:
-            return
-        plot_curves(steps, records, self.output / 'curves.png')
-        validated = [r for r in records if r.get('val')]
-        if validated:
-            last = validated[-1]
-            plot_per_class_iou(last['val']['per_class_iou'], self.labels, self.output / 'per_class_iou.png',
-                               title=f'per-class IoU, {last["stage_name"]} epoch {last["epoch"] + 1} '
-                                     f'(mIoU {_fmt(last["val"]["miou"])})')
-        log.info('plots in %s (curves.png, per_class_iou.png)', self.output)
-
     # -- helpers ---------------------------------------------------------------------------------------
 
     def _barrier(self) -> None:
@@ -935,22 +580,5 @@ class Trainer:
         return float(value)
 
 
-def _feeding(loader: DataLoader | InMemoryLoader) -> str:
-    """How batches reach the step, for the stage summary."""
-    if isinstance(loader, InMemoryLoader):
-        where = 'on ' + str(loader.frames.images.device)
-        augment = 'per frame (OpenCV)' if isinstance(loader.augment, PerFrameAugment) else 'per batch (tensors)'
-        return f'in memory {where}, augmented {augment}'
-    return f'streamed by {loader.num_workers or "no"} worker process(es)'
-
-
 def _fmt(value: float | None) -> str:
     return 'n/a' if value is None else f'{value:.2f}'
-
-
-def _changed_keys(before: Any, after: Any, prefix: str = '') -> list[str]:
-    """Dotted keys whose values differ between two recipes."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        return [key for k in sorted(set(before) | set(after), key=str)
-                for key in _changed_keys(before.get(k), after.get(k), f'{prefix}{k}.')]
-    return [] if before == after else [prefix.rstrip('.')]

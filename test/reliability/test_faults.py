@@ -34,7 +34,8 @@ from seg_ros.models import get_model_builder, register_model
 from seg_ros.ros.node import SegmentNode, StartupError
 from seg_ros.training.cli import train_main
 from seg_ros.training.config import load_recipe
-from seg_ros.training.trainer import Trainer, read_epoch_records
+from seg_ros.training.runlog import read_epoch_records
+from seg_ros.training.trainer import Trainer
 
 from ..dataset_fixtures import write_shapes
 from ..support import CHANNEL_LABELS, CHANNEL_NET, ChannelArgmaxNet, channel_checkpoint
