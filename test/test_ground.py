@@ -230,7 +230,8 @@ def test_scan_reports_range_max_where_free_to_the_edge_and_nan_where_unseen(role
     layer = project_mask(render(camera, pose, []), build_lookup(camera, pose, GRID, (HEIGHT, WIDTH)), roles, GRID)
     scan = scan_ranges(layer, GRID)
     ahead, behind = GRID.bin_of(np.array([0.0, math.pi]))
-    assert scan[ahead] == pytest.approx(GRID.range_max) and GRID.range_max == pytest.approx(math.hypot(30, 15), rel=1e-3)
+    assert scan[ahead] == pytest.approx(GRID.range_max)
+    assert GRID.range_max == pytest.approx(math.hypot(30, 15), rel=1e-3)  # the bin nearest the corner
     assert np.isnan(scan[behind])
     # Sidewalk (non-drivable ground) beside a narrow road: occupied cells, and the curb in the scan.
     mask = render(camera, pose, [], road_half_width=3.0)
@@ -276,7 +277,7 @@ def test_a_mask_of_another_size_than_the_lookup_is_refused(roles):
 def test_shipped_class_roles_cover_every_class_but_the_sky(labels):
     roles = load_class_roles(default_class_roles_file(), labels)
     assigned = [name for names in roles.values() for name in names]
-    assert sorted(assigned + ['sky']) == sorted(labels.names)
+    assert sorted([*assigned, 'sky']) == sorted(labels.names)
     assert roles['drivable'] == ('road',)
 
 
