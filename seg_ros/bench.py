@@ -14,6 +14,8 @@ with ``--json PATH``:
   and the ratio of end-to-end latency to the bare forward at the same settings.
 - ``overload``: frames at twice the node's capacity: latency, drops and memory over time.
 - ``training``: training images/s, fp32 against mixed precision, with and without channels_last.
+- ``ground``: the ground grid and scan of one camera (``seg_ros.ground``) at camera sizes: building
+  its pixel-to-ground lookup once, then the work per frame, on the synthetic scene's masks.
 
 Then the targets of the project, met or missed by how much, from the figures above.
 
@@ -41,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,19 +56,31 @@ from . import __version__
 from .checkpoint import Checkpoint, save_checkpoint
 from .export import format_resolution, parse_resolution
 from .fastpath import build_forward, latencies_ms, prepare_model
+from .ground import (
+    CameraModel,
+    CameraPose,
+    GroundGrid,
+    build_lookup,
+    class_role_table,
+    default_class_roles_file,
+    load_class_roles,
+    project_mask,
+    scan_ranges,
+)
 from .inference import Segmenter, resolve_device, resolve_precision
 from .labels import CAMVID11
 from .models import build_model, count_parameters, list_models
 
 __all__ = ['MODES', 'PAPER_FIGURES', 'Mode', 'PaperFigure', 'main', 'run_benchmark']
 
-SECTIONS = ('forward', 'messages', 'node', 'overload', 'training')
+SECTIONS = ('forward', 'messages', 'node', 'overload', 'training', 'ground')
 RESOLUTIONS = ((320, 480), (360, 640), (512, 1024), (720, 1280), (1080, 1920), (1024, 2048))
 NODE_RESOLUTIONS = ((360, 640), (720, 1280))
 MIN_NODE_FRAMES = 5  # per camera and run: a slow configuration runs longer than --node-seconds
 CALIBRATION_FRAMES = 15  # outputs (about) that measure the node's capacity before an overload run
 SETTLED_AFTER_SECONDS = 5.0  # into an overload run (at most half of it): warm-up before memory is compared
 MIB = 2 ** 20
+GROUND_GRID = GroundGrid(0.1, -10.0, 40.0, -20.0, 20.0)  # segment_node's default grid
 
 
 # -- the papers' figures -------------------------------------------------------------------------
@@ -857,6 +872,47 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> list[dict]
 
 # -- targets -----------------------------------------------------------------------------------------
 
+# -- ground grid and scan --------------------------------------------------------------------------
+
+def bench_ground(args: argparse.Namespace) -> list[dict]:
+    """Per resolution: one camera's lookup (undistorted and plumb_bob), then each frame's grid and scan."""
+    rows = []
+    for size in args.ground_resolutions:
+        for step, (call, iterations) in _ground_steps(size, args.ground_iterations).items():
+            times = _time_calls(call, torch.device('cpu'), iterations=iterations)
+            rows.append({'resolution': format_resolution(size), 'step': step, 'cells': GROUND_GRID.cells,
+                         **_summary(times), 'load_average': _load_average()})
+    return rows
+
+
+def _ground_steps(size: tuple[int, int], iterations: int) -> dict[str, tuple[Callable[[], Any], int]]:
+    """The ground steps at a camera ``size`` on the synthetic scene's mask, each as (call, timed calls)."""
+    from std_msgs.msg import Header
+
+    from .ros.ground_output import grid_message, scan_message
+    from .synthetic import CAMERA_HEIGHT, SyntheticRoadScene
+
+    grid = GROUND_GRID
+    roles = class_role_table(CAMVID11, load_class_roles(default_class_roles_file(), CAMVID11))
+    scene = SyntheticRoadScene(size[1], size[0])
+    fx, fy, cx, cy = scene.intrinsics
+    camera = CameraModel(size[1], size[0], (fx, 0, cx, 0, fy, cy, 0, 0, 1))
+    distorted = CameraModel(size[1], size[0], camera.k, (-0.2, 0.05, 0.0, 0.0, 0.0))
+    pose = CameraPose(0.0, 0.0, CAMERA_HEIGHT)
+    lookup = build_lookup(camera, pose, grid, size)
+    mask = scene.frame(0.0)[1]
+    layer = project_mask(mask, lookup, roles, grid)
+    header = Header(frame_id='base_link')
+    return {
+        'lookup, once per camera model (pinhole)': (partial(build_lookup, camera, pose, grid, size), 3),
+        'lookup, once per camera model (plumb_bob)': (partial(build_lookup, distorted, pose, grid, size), 3),
+        'per frame: mask -> grid and scan contacts': (partial(project_mask, mask, lookup, roles, grid), iterations),
+        'per frame: scan ranges': (partial(scan_ranges, layer, grid), iterations),
+        'per frame: OccupancyGrid + LaserScan messages':
+            (lambda: (grid_message(layer, grid, header), scan_message(layer, grid, header)), iterations),
+    }
+
+
 def evaluate_targets(results: dict[str, Any], device: torch.device) -> list[dict]:
     """The project's speed targets that the measured sections can answer, met or missed by how much."""
     targets = []
@@ -970,6 +1026,10 @@ def _parser() -> argparse.ArgumentParser:
     training.add_argument('--train-batch', type=int, default=None)
     training.add_argument('--train-size', type=_resolutions, default=None, metavar='WxH')
     training.add_argument('--train-iterations', type=int, default=None)
+    ground = parser.add_argument_group('ground')
+    ground.add_argument('--ground-resolutions', nargs='+', type=_resolutions, default=None, metavar='WxH',
+                        help='camera sizes (default: 640x360 1280x720)')
+    ground.add_argument('--ground-iterations', type=int, default=None, help='timed frames per step')
     return parser
 
 
@@ -997,6 +1057,8 @@ def _defaults(args: argparse.Namespace, device: torch.device) -> None:
         'train_batch': 8 if cuda else 2,
         'train_size': (360, 480) if cuda else (192, 256),
         'train_iterations': 10 if cuda else 2,
+        'ground_resolutions': [(360, 640), (720, 1280)],
+        'ground_iterations': 10 if quick else 30,
     }
     for key, value in choose.items():
         if getattr(args, key) is None:
@@ -1033,6 +1095,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             results['overload'] = bench_overload(args, folder)
         if 'training' in args.sections:
             results['training'] = bench_training(args, device)
+        if 'ground' in args.sections:
+            results['ground'] = bench_ground(args)
     results['targets'] = evaluate_targets(results, device)
     results['machine']['load_average_end'] = [round(v, 2) for v in os.getloadavg()]
     return results
@@ -1090,6 +1154,10 @@ def report(results: dict[str, Any]) -> str:
         parts += ['## Training throughput', markdown_table(results['training'], {
             'network': 'network', 'precision': 'precision', 'channels_last': 'channels_last',
             'batch': 'batch', 'resolution': 'WxH', 'step_p50_ms': 'step ms', 'images_per_s': 'images/s'})]
+    if results.get('ground'):
+        parts += ['## Ground grid and scan, one camera (CPU)', markdown_table(results['ground'], {
+            'resolution': 'WxH', 'step': 'step', 'cells': 'grid cells', 'p50_ms': 'median ms', 'p99_ms': 'p99 ms',
+            'load_average': 'load'})]
     if results.get('targets'):
         parts += ['## Targets', markdown_table(results['targets'], {
             'target': 'target', 'measured': 'measured', 'required': 'required', 'unit': 'unit', 'met': 'met',
