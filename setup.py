@@ -82,7 +82,7 @@ setup(
         'matplotlib',
     ],
     extras_require={
-        'ros': ['ros-rclpy[fastrtps]', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-diagnostic-msgs'],
+        'ros': ['ros-rclpy[fastrtps]', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-diagnostic-msgs', 'ros-nav-msgs'],
         'onnx': ['onnx', 'onnxruntime'],
         'test': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'psutil'],
     },

@@ -44,6 +44,9 @@ ARGUMENTS = {
 }
 
 DEFAULT_IMAGE_TOPIC = '/camera/image_raw'
+# Where the synthetic scene's camera sits in base_link (x y z roll pitch yaw): 1.4 m up, level. With
+# demo:=true segment_node gets it as the first camera's pose, so the demo also shows the ground grid.
+SAMPLE_CAMERA_POSE = '0 0 1.4 0 0 0'
 
 
 def topic_list(text: str) -> list[str]:
@@ -69,6 +72,8 @@ def _nodes(context: LaunchContext) -> list[Node]:
     topics = topic_list(given['image_topics']) if given['image_topics'] else None
     if topics is not None:
         overrides['image_topics'] = topics
+    if LaunchConfiguration('demo').perform(context).lower() in ('true', '1', 'yes'):
+        overrides['camera_poses'] = [SAMPLE_CAMERA_POSE]
     parameters = [LaunchConfiguration('params_file'), *([overrides] if overrides else [])]
     namespace = LaunchConfiguration('namespace')
     return [

@@ -15,6 +15,8 @@ with ``--json PATH``:
 - ``overload``: frames at twice the node's capacity: latency, drops and memory over time.
 - ``training``: training images/s with data loading, per network: the streamed fp32 trainer against
   today's (split in memory, the precision and layout measured fastest).
+- ``ground``: the ground grid and scan of one camera (``seg_ros.ground``) at camera sizes: building
+  its pixel-to-ground lookup once, then the work per frame, on the synthetic scene's masks.
 
 Then the targets of the project, met or missed by how much, from the figures above.
 
@@ -42,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +59,31 @@ from .checkpoint import Checkpoint, save_checkpoint
 from .data import SegmentationDataset, build_dataset
 from .export import format_resolution, parse_resolution
 from .fastpath import build_forward, latencies_ms, prepare_model
+from .ground import (
+    CameraModel,
+    CameraPose,
+    GroundGrid,
+    build_lookup,
+    class_role_table,
+    default_class_roles_file,
+    load_class_roles,
+    project_mask,
+    scan_ranges,
+)
 from .inference import Segmenter, resolve_device, resolve_precision
 from .labels import CAMVID11
 from .models import build_model, count_parameters, list_models
 
 __all__ = ['MODES', 'PAPER_FIGURES', 'Mode', 'PaperFigure', 'main', 'run_benchmark']
 
-SECTIONS = ('forward', 'messages', 'node', 'overload', 'training')
+SECTIONS = ('forward', 'messages', 'node', 'overload', 'training', 'ground')
 RESOLUTIONS = ((320, 480), (360, 640), (512, 1024), (720, 1280), (1080, 1920), (1024, 2048))
 NODE_RESOLUTIONS = ((360, 640), (720, 1280))
 MIN_NODE_FRAMES = 5  # per camera and run: a slow configuration runs longer than --node-seconds
 CALIBRATION_FRAMES = 15  # outputs (about) that measure the node's capacity before an overload run
 SETTLED_AFTER_SECONDS = 5.0  # into an overload run (at most half of it): warm-up before memory is compared
 MIB = 2 ** 20
+GROUND_GRID = GroundGrid(0.1, -10.0, 40.0, -20.0, 20.0)  # segment_node's default grid
 
 
 # -- the papers' figures -------------------------------------------------------------------------
@@ -848,6 +863,47 @@ def bench_training(args: argparse.Namespace, device: torch.device, folder: Path)
 
 # -- targets -----------------------------------------------------------------------------------------
 
+# -- ground grid and scan --------------------------------------------------------------------------
+
+def bench_ground(args: argparse.Namespace) -> list[dict]:
+    """Per resolution: one camera's lookup (undistorted and plumb_bob), then each frame's grid and scan."""
+    rows = []
+    for size in args.ground_resolutions:
+        for step, (call, iterations) in _ground_steps(size, args.ground_iterations).items():
+            times = _time_calls(call, torch.device('cpu'), iterations=iterations)
+            rows.append({'resolution': format_resolution(size), 'step': step, 'cells': GROUND_GRID.cells,
+                         **_summary(times), 'load_average': _load_average()})
+    return rows
+
+
+def _ground_steps(size: tuple[int, int], iterations: int) -> dict[str, tuple[Callable[[], Any], int]]:
+    """The ground steps at a camera ``size`` on the synthetic scene's mask, each as (call, timed calls)."""
+    from std_msgs.msg import Header
+
+    from .ros.ground_output import grid_message, scan_message
+    from .synthetic import CAMERA_HEIGHT, SyntheticRoadScene
+
+    grid = GROUND_GRID
+    roles = class_role_table(CAMVID11, load_class_roles(default_class_roles_file(), CAMVID11))
+    scene = SyntheticRoadScene(size[1], size[0])
+    fx, fy, cx, cy = scene.intrinsics
+    camera = CameraModel(size[1], size[0], (fx, 0, cx, 0, fy, cy, 0, 0, 1))
+    distorted = CameraModel(size[1], size[0], camera.k, (-0.2, 0.05, 0.0, 0.0, 0.0))
+    pose = CameraPose(0.0, 0.0, CAMERA_HEIGHT)
+    lookup = build_lookup(camera, pose, grid, size)
+    mask = scene.frame(0.0)[1]
+    layer = project_mask(mask, lookup, roles, grid)
+    header = Header(frame_id='base_link')
+    return {
+        'lookup, once per camera model (pinhole)': (partial(build_lookup, camera, pose, grid, size), 3),
+        'lookup, once per camera model (plumb_bob)': (partial(build_lookup, distorted, pose, grid, size), 3),
+        'per frame: mask -> grid and scan contacts': (partial(project_mask, mask, lookup, roles, grid), iterations),
+        'per frame: scan ranges': (partial(scan_ranges, layer, grid), iterations),
+        'per frame: OccupancyGrid + LaserScan messages':
+            (lambda: (grid_message(layer, grid, header), scan_message(layer, grid, header)), iterations),
+    }
+
+
 def evaluate_targets(results: dict[str, Any], device: torch.device) -> list[dict]:
     """The project's speed targets that the measured sections can answer, met or missed by how much."""
     targets = []
@@ -968,6 +1024,10 @@ def _parser() -> argparse.ArgumentParser:
     training.add_argument('--train-iterations', type=int, default=None, help='timed batches per trainer')
     training.add_argument('--train-data', type=Path, default=None, metavar='CAMVID_ROOT',
                           help='read CamVid train frames from here (default: synthetic road frames)')
+    ground = parser.add_argument_group('ground')
+    ground.add_argument('--ground-resolutions', nargs='+', type=_resolutions, default=None, metavar='WxH',
+                        help='camera sizes (default: 640x360 1280x720)')
+    ground.add_argument('--ground-iterations', type=int, default=None, help='timed frames per step')
     return parser
 
 
@@ -995,6 +1055,8 @@ def _defaults(args: argparse.Namespace, device: torch.device) -> None:
         'train_batch': 8,
         'train_size': (360, 480),
         'train_iterations': 10 if cuda else 3,
+        'ground_resolutions': [(360, 640), (720, 1280)],
+        'ground_iterations': 10 if quick else 30,
     }
     for key, value in choose.items():
         if getattr(args, key) is None:
@@ -1031,6 +1093,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             results['overload'] = bench_overload(args, folder)
         if 'training' in args.sections:
             results['training'] = bench_training(args, device, folder)
+        if 'ground' in args.sections:
+            results['ground'] = bench_ground(args)
     results['targets'] = evaluate_targets(results, device)
     results['machine']['load_average_end'] = [round(v, 2) for v in os.getloadavg()]
     return results
@@ -1089,6 +1153,10 @@ def report(results: dict[str, Any]) -> str:
             'network': 'network', 'trainer': 'trainer', 'data': 'data', 'precision': 'precision',
             'channels_last': 'channels_last', 'batch': 'batch', 'crop': 'crop WxH', 'images_per_s': 'images/s',
             'speedup': 'speed-up', 'load_average': 'load'})]
+    if results.get('ground'):
+        parts += ['## Ground grid and scan, one camera (CPU)', markdown_table(results['ground'], {
+            'resolution': 'WxH', 'step': 'step', 'cells': 'grid cells', 'p50_ms': 'median ms', 'p99_ms': 'p99 ms',
+            'load_average': 'load'})]
     if results.get('targets'):
         parts += ['## Targets', markdown_table(results['targets'], {
             'target': 'target', 'measured': 'measured', 'required': 'required', 'unit': 'unit', 'met': 'met',

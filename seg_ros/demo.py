@@ -42,6 +42,7 @@ from std_msgs.msg import Float32MultiArray, String
 from .paths import share_dirs
 from .ros.conversions import image_to_array
 from .ros.qos import LATCHED, input_qos
+from .synthetic import CAMERA_HEIGHT
 
 __all__ = ['DemoMonitor', 'main']
 
@@ -50,6 +51,7 @@ RESULTS = '/camera/segmentation'  # where segment_node puts the results of CAMER
 FASTDDS_PROFILE = Path('config') / 'fastdds.xml'
 STOP_TIMEOUT = 10.0  # seconds a process gets to exit after SIGINT, and again after SIGTERM
 TOP_CLASSES = 3
+SYNTHETIC_CAMERA_POSE = f'0 0 {CAMERA_HEIGHT} 0 0 0'  # in base_link: x y z roll pitch yaw
 
 
 class DemoMonitor(Node):
@@ -117,6 +119,8 @@ def _node_command(module: str, parameters: dict[str, object]) -> list[str]:
 
 def _segment_parameters(args: argparse.Namespace) -> dict[str, object]:
     parameters: dict[str, object] = {'image_topics': f'[{CAMERA_TOPIC}]'}
+    if args.source == 'synthetic':  # its camera's pose, so that the ground grid can be watched in RViz too
+        parameters['camera_poses'] = f"['{SYNTHETIC_CAMERA_POSE}']"
     if args.weights:
         parameters['weights'] = str(Path(args.weights).expanduser().resolve())
         parameters['model'] = args.model or "''"  # without --model the checkpoint names the network

@@ -11,7 +11,8 @@ import numpy as np
 
 from .inference import SegmentationResult
 
-__all__ = ['OUTPUT_NAMESPACE', 'STATS_COLUMNS', 'output_prefix', 'stats_dimensions', 'stats_table']
+__all__ = ['OUTPUT_NAMESPACE', 'STATS_COLUMNS', 'camera_info_topic', 'output_prefix', 'stats_dimensions',
+           'stats_table']
 
 OUTPUT_NAMESPACE = 'segmentation'
 STATS_COLUMNS = ('count', 'fraction', 'mean_confidence')
@@ -22,6 +23,13 @@ def output_prefix(topic: str, output_namespace: str = OUTPUT_NAMESPACE) -> str:
     image_topic = topic[: -len('/compressed')] if topic.endswith('/compressed') else topic
     parent, separator, _ = image_topic.rpartition('/')
     return f'{parent}{separator}{output_namespace}'
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """``<ns>/camera_info`` beside ``<ns>/<name>`` or ``<ns>/<name>/compressed`` (image_transport's layout)."""
+    image = image_topic.removesuffix('/compressed')
+    parent, separator, _ = image.rpartition('/')
+    return f'{parent}{separator}camera_info'
 
 
 def stats_table(result: SegmentationResult) -> np.ndarray:

@@ -79,6 +79,9 @@ class FrameSource(ABC):
     endless = False
     """True for a source that never runs out (a live camera, the synthetic scene)."""
 
+    intrinsics: tuple[float, float, float, float] | None = None
+    """(fx, fy, cx, cy) of an undistorted camera, where the source knows them (the synthetic scene)."""
+
     @abstractmethod
     def __iter__(self) -> Iterator[np.ndarray]:
         """The frames, from the first; whatever they hold open is released when the iterator is closed."""
@@ -93,6 +96,7 @@ class SyntheticSource(FrameSource):
         if rate <= 0:
             raise SourceError(f'synthetic source: rate {rate} must be positive')
         self._scene = SyntheticRoadScene(width, height, seed)
+        self.intrinsics = self._scene.intrinsics
         self._period = 1.0 / rate
 
     def __iter__(self) -> Iterator[np.ndarray]:

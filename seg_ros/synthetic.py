@@ -20,14 +20,14 @@ import numpy as np
 
 from seg_ros.labels import CAMVID11
 
-__all__ = ['SyntheticRoadScene']
+__all__ = ['CAMERA_HEIGHT', 'SyntheticRoadScene']
 
 _Point3 = tuple[float, float, float]
 
 _CLASS = {name: index for index, name in enumerate(CAMVID11.names)}
 
 # Camera and motion (metres, seconds). The camera drives in the right lane at X = 0; +X is right.
-_CAMERA_HEIGHT = 1.4
+CAMERA_HEIGHT = 1.4  # metres above the ground, level, looking along the road
 _SPEED = 8.0
 _NEAR, _FAR, _HORIZON_FAR = 1.0, 300.0, 5000.0
 _SUBPIXEL_BITS = 4  # OpenCV fixed-point vertices: smooth motion without anti-aliasing
@@ -102,6 +102,12 @@ class SyntheticRoadScene:
         # Grain added and subtracted at a per-frame offset: sensor-like noise that is not static.
         self._grain = rng.integers(0, 7, (2, height + 32, width + 32, 3), dtype=np.uint8)
 
+    @property
+    def intrinsics(self) -> tuple[float, float, float, float]:
+        """(fx, fy, cx, cy) in pixels of the scene's pinhole camera (no distortion), which sits
+        ``CAMERA_HEIGHT`` m above the ground, level (its horizon is the row ``cy``)."""
+        return self._focal, self._focal, self._centre_x, self._horizon
+
     def frame(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """The scene at time ``t`` seconds: (H x W x 3 uint8 RGB image, H x W uint8 CamVid-11 labels)."""
         travelled = _SPEED * float(t)
@@ -129,7 +135,7 @@ class SyntheticRoadScene:
     def _point(self, x: float, y: float, z: float) -> tuple[int, int]:
         """Fixed-point pixel position of a point in front of the camera (``z > _NEAR``)."""
         scale = self._focal / z
-        u, v = self._centre_x + x * scale, self._horizon + (_CAMERA_HEIGHT - y) * scale
+        u, v = self._centre_x + x * scale, self._horizon + (CAMERA_HEIGHT - y) * scale
         return round(u * _SUBPIXEL), round(v * _SUBPIXEL)
 
     def _ground(self, x0: float, x1: float, z0: float, z1: float) -> np.ndarray | None:

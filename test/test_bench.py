@@ -143,3 +143,16 @@ def test_markdown_tables_and_argument_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(['--resolutions', '640'])
     assert exit_info.value.code == 2 and 'not WIDTHxHEIGHT' in capsys.readouterr().err
+
+
+def test_ground_section_times_the_lookup_and_each_frame(tmp_path, capsys):
+    results, markdown = run(tmp_path, capsys, '--sections', 'ground', '--ground-resolutions', '160x96',
+                            '--ground-iterations', '2')
+    rows = results['ground']
+    assert [row['resolution'] for row in rows] == ['160x96'] * 5
+    assert {row['step'] for row in rows} == {
+        'lookup, once per camera model (pinhole)', 'lookup, once per camera model (plumb_bob)',
+        'per frame: mask -> grid and scan contacts', 'per frame: scan ranges',
+        'per frame: OccupancyGrid + LaserScan messages'}
+    assert all(0 < row['p50_ms'] <= row['p99_ms'] <= row['max_ms'] and row['cells'] == 500 * 400 for row in rows)
+    assert '## Ground grid and scan, one camera (CPU)' in markdown

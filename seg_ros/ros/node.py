@@ -14,12 +14,16 @@ Per camera topic ``<ns>/<name>`` (``<ns>/<name>/compressed`` for a ``CompressedI
 - ``stats`` (``std_msgs/Float32MultiArray``): C x 3 rows of count, fraction, mean confidence;
 - ``class_info`` (``std_msgs/String``, JSON, latched): the model and its class names and colours;
 
-and one ``/diagnostics`` status per camera plus one for the model.
+under the cameras' common namespace, ``grid`` (``nav_msgs/OccupancyGrid``) and ``scan``
+(``sensor_msgs/LaserScan``) in ``ground_frame``, fused from every camera with a ``CameraInfo`` and a
+pose, computed only while someone subscribes (``seg_ros.ros.ground_output``); and one
+``/diagnostics`` status per camera plus one for the model.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import traceback
@@ -56,6 +60,7 @@ from ..models import list_models
 from ..outputs import output_prefix, stats_dimensions, stats_table
 from ..paths import default_checkpoint
 from .conversions import ConversionError, array_to_image, compressed_to_array, image_to_array
+from .ground_output import GroundOutputs
 from .qos import LATCHED, OUTPUT, RELIABILITY_CHOICES, SubscriptionEventCallbacks, input_qos
 
 __all__ = ['PARAMETERS', 'ParameterSpec', 'SegmentNode', 'StartupError', 'main']
@@ -69,7 +74,7 @@ LATENCY_WINDOW = 1000  # samples kept between two diagnostics reports
 class ParameterSpec:
     """A node parameter: default (which fixes its type), description and constraints."""
 
-    default: bool | int | float | str | list[str]
+    default: bool | int | float | str | list[str] | list[float]
     description: str
     read_only: bool = False
     limits: tuple[float, float] | None = None  # inclusive range of a number
@@ -122,6 +127,24 @@ PARAMETERS: dict[str, ParameterSpec] = {
     'max_image_pixels': ParameterSpec(
         3840 * 2160, 'frames claiming more pixels (width x height) are dropped before anything is allocated',
         limits=(1, 268435456)),
+    # Ground grid and scan (seg_ros.ros.ground_output); bad values give a warning and no grid, not an error.
+    'ground_frame': ParameterSpec(
+        'base_link', 'frame of camera_poses, the grid and the scan (REP-105: base_link or base_footprint)'),
+    'camera_poses': ParameterSpec(
+        [''], "per image topic, 'x y z roll pitch yaw' (m, rad) of the camera body (x forward, z up) in "
+              "ground_frame; '' or missing: no grid from that camera"),
+    'camera_rectified': ParameterSpec(False, 'the images are rectified: project with CameraInfo P, no distortion'),
+    'camera_info_tolerance': ParameterSpec(
+        0.0, 'seconds a CameraInfo stamp may differ from its image stamp (0: identical stamps)', limits=(0.0, 1.0)),
+    'ground_classes': ParameterSpec(
+        '', 'YAML file of the drivable, non_drivable and obstacle classes per label set; '
+            "'' = the shipped config/ground_classes.yaml", read_only=True),
+    'ground_z': ParameterSpec(0.0, 'height of the ground plane in ground_frame (m)'),
+    'grid_resolution': ParameterSpec(0.1, 'edge of a grid cell (m)'),
+    'grid_extent': ParameterSpec(
+        [-10.0, 40.0, -20.0, 20.0], 'min_x max_x min_y max_y of the grid in ground_frame (m), around its origin'),
+    'scan_angle_increment': ParameterSpec(
+        math.radians(0.5), 'angle between the bearings of the scan (rad); it covers a full turn'),
 }
 """Every parameter of the node, in the order of config/segment.yaml."""
 
@@ -325,6 +348,10 @@ class SegmentNode(Node):
                                    f'ROS name: {reason}') from None
             camera.outputs['class_info'].publish(class_info)
             self._cameras.append(camera)
+        self.ground = GroundOutputs(
+            self, [camera.topic for camera in self._cameras],
+            [camera.outputs['mask'].topic_name for camera in self._cameras], self.segmenter.labels,
+            self._param, input_qos(self._param('qos_reliability'), 10), OUTPUT)
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diagnostics_timer = self.create_timer(self._param('diagnostics_period'),
                                                     self.diagnostics_callback)
@@ -444,6 +471,9 @@ class SegmentNode(Node):
             self._batch_sizes.append(len(frames))
         for frame, result in zip(frames, results, strict=True):
             self._publish(frame, result)
+        if self.ground.wanted():
+            self.ground.update([(frame.camera.topic, frame.header, result.mask)
+                                for frame, result in zip(frames, results, strict=True)])
 
     def _skip(self, frames: list[_Frame], reason: str) -> None:
         with self._lock:
@@ -502,6 +532,7 @@ class SegmentNode(Node):
             'bad frames': str(counters.bad),
             'failed frames': str(counters.failed),
             'incompatible QoS': camera.incompatible_policy or 'none',
+            'ground grid': self.ground.state(camera.topic),
         }
         return DiagnosticStatus(level=level, name=f'{self.get_name()}: {camera.topic}', message=message,
                                 hardware_id=camera.topic,

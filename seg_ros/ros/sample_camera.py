@@ -5,7 +5,9 @@ without a camera.
 Frames go out at ``rate`` Hz on ``topic`` as ``sensor_msgs/Image`` rgb8 (as JPEG
 ``sensor_msgs/CompressedImage`` when the topic ends in ``/compressed``), resized to
 ``width`` x ``height``, stamped with the node clock and ``frame_id``. A finite source starts
-again at its end with ``loop``; without it the node exits after the last frame.
+again at its end with ``loop``; without it the node exits after the last frame. The synthetic scene
+also publishes its ``sensor_msgs/CameraInfo`` (an undistorted pinhole 1.4 m above the ground, level)
+beside the images on ``<ns>/camera_info``, with each frame's header.
 
     ros2 run seg_ros sample_camera
     ros2 run seg_ros sample_camera --ros-args -p source:=drive.mp4 -p rate:=30.0
@@ -25,9 +27,10 @@ from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from rclpy.task import Future
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from ..outputs import camera_info_topic
 from ..sources import SourceError, open_source, play
 from .conversions import array_to_compressed, array_to_image
 from .qos import RELIABILITY_CHOICES, input_qos
@@ -62,6 +65,14 @@ def _descriptor(description: str, limits: tuple[float, float] | None, default: o
     return descriptor
 
 
+def camera_info(intrinsics: tuple[float, float, float, float], width: int, height: int) -> CameraInfo:
+    """The CameraInfo of an undistorted pinhole camera (fx, fy, cx, cy), without a header."""
+    fx, fy, cx, cy = (float(value) for value in intrinsics)
+    return CameraInfo(width=width, height=height, distortion_model='plumb_bob', d=[0.0] * 5,
+                      k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0], r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                      p=[fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
 class SampleCamera(Node):
     """Publishes the frames of one ``seg_ros.sources`` source at a fixed rate."""
 
@@ -83,6 +94,10 @@ class SampleCamera(Node):
         self._compressed = value['topic'].endswith('/compressed')
         message_type = CompressedImage if self._compressed else Image
         self._publisher = self.create_publisher(message_type, value['topic'], qos)
+        self._camera_info = None
+        if self._source.intrinsics is not None:
+            self._camera_info = camera_info(self._source.intrinsics, width, height)
+            self._camera_info_publisher = self.create_publisher(CameraInfo, camera_info_topic(value['topic']), qos)
         self.published = 0
         self.finished = Future()
         """Done when there is nothing more to publish; the result is the exit code."""
@@ -107,6 +122,9 @@ class SampleCamera(Node):
         else:
             msg = array_to_image(frame, 'rgb8', header)
         self._publisher.publish(msg)
+        if self._camera_info is not None:
+            self._camera_info.header = header
+            self._camera_info_publisher.publish(self._camera_info)
         self.published += 1
 
     def _finish(self, exit_code: int) -> None:
