@@ -44,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from seg_ros.models import list_models
+
 __all__ = ['PRECISIONS', 'RecipeError', 'Stage', 'apply_overrides', 'dump_recipe', 'find_recipe',
            'load_recipe', 'recipe_dirs', 'resolve_stages', 'validate_recipe']
 
@@ -353,6 +355,11 @@ def validate_recipe(recipe: dict[str, Any]) -> None:
     _check_section_types(recipe)
     if not isinstance(recipe['model']['name'], str):
         raise _fail('model.name', f'needs a network name (e.g. enet), got {recipe["model"]["name"]!r}')
+    if recipe['model']['name'] not in list_models():
+        close = difflib.get_close_matches(recipe['model']['name'], list_models(), n=1)
+        raise _fail('model.name', f'unknown network {recipe["model"]["name"]!r}'
+                                  + (f' (did you mean {close[0]!r}?)' if close else '')
+                                  + f'; available: {", ".join(list_models())}')
     if recipe['model']['init'] is not None and (not isinstance(recipe['model']['init'], str)
                                                 or not recipe['model']['init']):
         raise _fail('model.init', f'needs a checkpoint path or null, got {recipe["model"]["init"]!r}')
