@@ -58,7 +58,8 @@ def write_delegates() -> list[str]:
         path.write_text(
             '#!/bin/sh\n'
             f'# {PACKAGE} {name}: run bin/{name}, installed with this environment\'s interpreter.\n'
-            f'exec "$(dirname "$(readlink -f "$0")")/../../bin/{name}" "$@"\n'
+            'prefix=$(dirname "$(dirname "$(dirname "$(readlink -f "$0")")")")\n'
+            f'exec "$prefix/bin/{name}" "$@"\n'
         )
         path.chmod(0o755)
         paths.append(str(path.relative_to(HERE)))
@@ -103,7 +104,8 @@ setup(
     extras_require={
         'ros': ['ros-rclpy[fastrtps]', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-diagnostic-msgs', 'ros-lifecycle-msgs'],
         'onnx': ['onnx', 'onnxruntime'],
-        'test': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'psutil'],
+        'test': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'psutil', 'colcon-common-extensions',
+                 'ros-ament-package'],
     },
     zip_safe=True,
     maintainer='seg_ros maintainers',
