@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import importlib.util
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+ROS2CLI = REPO.parent / 'shared' / 'ros2cli'  # the launch system and ros2 CLI as wheels (not on PyPI)
+ROS2CLI_ABSENT = f'{ROS2CLI} is absent: it holds the ROS 2 launch system and ros2 CLI wheels these tests run'
 PREFIX = Path(sys.prefix)  # the environment the suite runs in, where dev.sh installed seg_ros
 BIN = Path(sysconfig.get_path('scripts'))
 # What ends a process uncleanly: a Python traceback, a C++ abort, launch reporting a non-zero exit.
@@ -46,6 +49,15 @@ def check_installed_copy_is_current() -> None:
     if stale:
         pytest.fail(f'seg_ros installed in {PREFIX} differs from the checkout ({", ".join(stale[:5])}); '
                     'run `bash scripts/dev.sh setup` (or the tests through `bash scripts/dev.sh test`)')
+
+
+def ensure_ros2_cli() -> None:
+    """The launch system and ros2 CLI in this environment: installed from ../shared/ros2cli when missing,
+    the test skipped (with the reason) where ../shared is absent."""
+    if not ROS2CLI.is_dir():
+        pytest.skip(ROS2CLI_ABSENT)
+    if importlib.util.find_spec('ros2launch') is None:
+        subprocess.run(['bash', str(ROS2CLI / 'install.sh'), str(PREFIX)], check=True, capture_output=True)
 
 
 class Started:
@@ -93,3 +105,16 @@ class Started:
 def assert_clean(output: str) -> None:
     found = [word for word in UNCLEAN if word in output]
     assert not found, f'{found} in the output:\n{output[-4000:]}'
+
+
+def stop_launch(launched: Started, *, terminal: bool = False, timeout: float = 30.0) -> None:
+    """SIGINT to ``ros2 launch`` as ``kill -INT`` sends it, or to its process group as a terminal's Ctrl-C
+    does (every node then gets it directly and once more from launch); launch and every node it started
+    end cleanly. ``timeout``: launch escalates to SIGTERM after 5 s and SIGKILL after 10 s."""
+    launched.signal(signal.SIGINT, group=terminal)
+    code = launched.wait(timeout)
+    output = launched.output()
+    assert code == 0, f'ros2 launch exit code {code}:\n{output[-4000:]}'
+    assert_clean(output)
+    started, finished = output.count('process started with pid'), output.count('process has finished cleanly')
+    assert started and finished == started, output[-4000:]

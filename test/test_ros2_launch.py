@@ -6,7 +6,6 @@ over DDS from this process.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
@@ -25,26 +24,31 @@ from std_msgs.msg import String
 
 from seg_ros.ros.qos import LATCHED
 
-from .processes import BIN, PREFIX, REPO, Started, assert_clean, check_installed_copy_is_current, user_environment
+from .processes import (
+    BIN,
+    PREFIX,
+    ROS2CLI,
+    ROS2CLI_ABSENT,
+    Started,
+    assert_clean,
+    check_installed_copy_is_current,
+    ensure_ros2_cli,
+    stop_launch,
+    user_environment,
+)
 from .test_node import Ros, pixels, wait_for
 
-ROS2CLI = REPO.parent / 'shared' / 'ros2cli'
 START_TIMEOUT = 120.0  # several nodes loading torch at once on a busy 2-core machine
 STOP_TIMEOUT = 30.0  # launch escalates to SIGTERM after 5 s and SIGKILL after 10 s
 QUIET_SEC = 1.0
 
-pytestmark = [
-    pytest.mark.skipif(not ROS2CLI.is_dir(), reason=f'{ROS2CLI} is absent: it holds the ROS 2 launch system and '
-                                                    'ros2 CLI wheels (not on PyPI) that these tests run'),
-    pytest.mark.slow,
-]
+pytestmark = [pytest.mark.skipif(not ROS2CLI.is_dir(), reason=ROS2CLI_ABSENT), pytest.mark.slow]
 
 
 @pytest.fixture(scope='module', autouse=True)
 def ros2_cli() -> None:
-    """The launch system and ros2 CLI in this environment (installed once), and seg_ros current in it."""
-    if importlib.util.find_spec('ros2launch') is None:
-        subprocess.run(['bash', str(ROS2CLI / 'install.sh'), str(PREFIX)], check=True, capture_output=True)
+    """The launch system and ros2 CLI in this environment, and seg_ros current in it."""
+    ensure_ros2_cli()
     check_installed_copy_is_current()
 
 
@@ -81,18 +85,6 @@ def ros2(*arguments: str) -> str:
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
-
-
-def stop(launched: Started, *, terminal: bool = False) -> None:
-    """SIGINT as ``kill -INT`` sends it, or to the process group as a terminal's Ctrl-C (then every node
-    gets it directly and once more from launch); launch and every node it started end cleanly."""
-    launched.signal(signal.SIGINT, group=terminal)
-    code = launched.wait(STOP_TIMEOUT)
-    output = launched.output()
-    assert code == 0, f'ros2 launch exit code {code}:\n{output[-4000:]}'
-    assert_clean(output)
-    started, finished = output.count('process started with pid'), output.count('process has finished cleanly')
-    assert started and finished == started, output[-4000:]
 
 
 def _frames_after(inbox: list, count: int, start: int = 0) -> list[Image]:
@@ -145,8 +137,8 @@ def test_two_namespaced_launches_side_by_side(ros: Ros, launch, tmp_path: Path) 
     start = len(inboxes['robot2'])
     later = wait_for(lambda: _frames_after(inboxes['robot2'], 2, start), 30, 'masks after ros2 param set')
     assert (pixels(later[-1]) == 255).mean() > 0.9  # almost no pixel is certain to 1.0
-    stop(robot1, terminal=True)
-    stop(robot2)
+    stop_launch(robot1, terminal=True)
+    stop_launch(robot2)
 
 
 def _call(ros: Ros, client: Any, request: Any) -> Any:
@@ -195,7 +187,7 @@ def test_lifecycle_transitions_under_launch(ros: Ros, launch) -> None:
     transition(Transition.TRANSITION_ACTIVE_SHUTDOWN)
     assert state() == State.PRIMARY_STATE_FINALIZED
     wait_for(publishers(0), 10, 'no mask publisher after shutdown')
-    stop(launched)
+    stop_launch(launched)
 
 
 # Ten stops of ros2 launch: (arguments, when, how). 'loading': SIGINT while the nodes still import
