@@ -4,14 +4,19 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# After setuptools, which provides distutils where Python no longer does (3.12).
+from distutils.command.install_data import install_data  # isort: skip
+
 PACKAGE = 'seg_ros'
 HERE = Path(__file__).parent
 
-# Executables that ``ros2 run seg_ros <name>`` finds under lib/seg_ros (colcon puts console
-# scripts there through setup.cfg; pip ignores that, so pip installs these small wrappers too).
+# Executables that ``ros2 run`` and ``ros2 launch`` start as <prefix>/lib/seg_ros/<name>: colcon puts
+# the console scripts there (setup.cfg); a wheel can only put them in bin/, so a pip install gets
+# lib/seg_ros/<name> scripts that exec those (``InstallData``).
 NODE_EXECUTABLES = {
-    'segment_node': 'seg_ros.ros.node:main',
-    'sample_camera': 'seg_ros.ros.sample_camera:main',
+    'segment_node': 'seg_ros.ros.entry_points:segment_node',
+    'segment_lifecycle_node': 'seg_ros.ros.entry_points:segment_lifecycle_node',
+    'sample_camera': 'seg_ros.ros.entry_points:sample_camera',
     'train': 'seg_ros.training.cli:train_main',
     'eval': 'seg_ros.training.cli:eval_main',
 }
@@ -38,23 +43,38 @@ def share_files(folder: str) -> list[tuple[str, list[str]]]:
     return entries
 
 
-def write_wrappers() -> list[str]:
-    """Write lib/seg_ros wrapper scripts for pip installs; returns their paths."""
-    out_dir = HERE / 'build' / 'lib_wrappers'
+def write_delegates() -> list[str]:
+    """Write the lib/seg_ros/<name> scripts of a pip install; returns their paths.
+
+    Each execs the console script of the same name in bin/ of the same prefix, whose first line the
+    installer wrote with the interpreter of the environment it was installed into (a venv or not);
+    ``#!/usr/bin/env python3`` would run whatever python3 is first on PATH.
+    """
+    out_dir = HERE / 'build' / 'lib_delegates'
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, target in NODE_EXECUTABLES.items():
-        module, func = target.split(':')
+    for name in NODE_EXECUTABLES:
         path = out_dir / name
         path.write_text(
-            '#!/usr/bin/env python3\n'
-            'import sys\n'
-            f'from {module} import {func}\n'
-            f'sys.exit({func}())\n'
+            '#!/bin/sh\n'
+            f'# {PACKAGE} {name}: run bin/{name}, installed with this environment\'s interpreter.\n'
+            'prefix=$(dirname "$(dirname "$(dirname "$(readlink -f "$0")")")")\n'
+            f'exec "$prefix/bin/{name}" "$@"\n'
         )
         path.chmod(0o755)
         paths.append(str(path.relative_to(HERE)))
     return paths
+
+
+class InstallData(install_data):
+    """Adds the lib/seg_ros delegates where the console scripts are installed elsewhere (pip: bin/)."""
+
+    def run(self) -> None:
+        installation = self.get_finalized_command('install')
+        node_dir = Path(installation.install_data, 'lib', PACKAGE).resolve()
+        if Path(installation.install_scripts).resolve() != node_dir:
+            self.data_files.append((f'lib/{PACKAGE}', write_delegates()))
+        super().run()
 
 
 setup(
@@ -67,8 +87,8 @@ setup(
         *share_files('launch'),
         *share_files('config'),
         *share_files('models'),
-        (f'lib/{PACKAGE}', write_wrappers()),
     ],
+    cmdclass={'install_data': InstallData},
     # torch is deliberately absent: a bare requirement pulls the CUDA build; scripts/dev.sh
     # installs the CPU pin only where no torch is importable. rclpy comes from the ROS
     # distribution in a colcon workspace, or from the `ros` extra in a plain virtual environment.
@@ -82,9 +102,11 @@ setup(
         'matplotlib',
     ],
     extras_require={
-        'ros': ['ros-rclpy[fastrtps]', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-diagnostic-msgs', 'ros-nav-msgs'],
+        'ros': ['ros-rclpy[fastrtps]', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-diagnostic-msgs', 'ros-nav-msgs',
+                'ros-lifecycle-msgs'],
         'onnx': ['onnx', 'onnxruntime'],
-        'test': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'psutil'],
+        'test': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'psutil', 'colcon-common-extensions',
+                 'ros-ament-package'],
     },
     zip_safe=True,
     maintainer='seg_ros maintainers',

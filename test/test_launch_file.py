@@ -16,7 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / 'launch' / 'segment.launch.py'
 DOCUMENTED_ARGUMENTS = {'model', 'weights', 'image_topics', 'device', 'precision', 'params_file', 'namespace',
-                        'demo', 'fastdds_profile'}
+                        'lifecycle', 'demo', 'fastdds_profile'}
 
 
 @pytest.fixture(scope='module')
@@ -66,9 +66,9 @@ def test_declares_every_documented_argument(tree):
 def test_names_installed_executables(tree):
     setup = ast.parse((REPO / 'setup.py').read_text())
     installed = set(ast.literal_eval(_assigned(setup, 'NODE_EXECUTABLES')))
-    executables = {keyword.value.value for call in _calls(tree, 'Node') for keyword in call.keywords
-                   if keyword.arg == 'executable'}
-    assert executables == {'segment_node', 'sample_camera'}
+    calls = _calls(tree, 'Node') + _calls(tree, 'LifecycleNode')
+    executables = {keyword.value.value for call in calls for keyword in call.keywords if keyword.arg == 'executable'}
+    assert executables == {'segment_node', 'segment_lifecycle_node', 'sample_camera'}
     assert executables <= installed
 
 
@@ -84,7 +84,7 @@ def test_refers_to_config_files_that_exist(tree):
 
 def test_overrides_name_node_parameters(tree):
     config = yaml.safe_load((REPO / 'config' / 'segment.yaml').read_text())
-    parameters = config['segment_node']['ros__parameters']
+    parameters = config['/**']['ros__parameters']
     overrides = set(ast.literal_eval(_assigned(tree, 'NODE_OVERRIDES'))) | {'image_topics'}
     assert overrides <= set(parameters)
     assert isinstance(parameters['image_topics'], list)

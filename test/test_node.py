@@ -544,7 +544,7 @@ def test_incompatible_publisher_qos_is_reported(ros: Ros, start_node) -> None:
 
 def test_config_file_lists_every_parameter_with_its_default() -> None:
     config = yaml.safe_load((REPO / 'config' / 'segment.yaml').read_text())
-    parameters = config['segment_node']['ros__parameters']
+    parameters = config['/**']['ros__parameters']
     assert list(parameters) == list(PARAMETERS)
     for name, spec in PARAMETERS.items():
         assert parameters[name] == spec.default and type(parameters[name]) is type(spec.default), name

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ROS_PACKAGES = {'rclpy', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'nav_msgs', 'launch', 'launch_ros'}
+ROS_PACKAGES = {'rclpy', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'nav_msgs', 'lifecycle_msgs', 'launch',
+                'launch_ros'}
 ROSDEP_KEYS = {  # PyPI distribution -> rosdistro key
     'numpy': 'python3-numpy',
     'opencv-python-headless': 'python3-opencv',

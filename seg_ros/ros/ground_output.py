@@ -121,9 +121,10 @@ class GroundOutputs:
         self._lock = threading.Lock()
         self._cameras = {topic: _Camera(topic, index, node.get_logger().get_child(f'ground{index}'))
                          for index, topic in enumerate(image_topics)}
-        for camera in self._cameras.values():
+        self._subscriptions = [
             node.create_subscription(CameraInfo, camera_info_topic(camera.topic),
                                      lambda msg, camera=camera: self.camera_info_callback(camera, msg), info_qos)
+            for camera in self._cameras.values()]
         prefix = f'{common_namespace(publisher_topics)}{param("output_namespace").strip("/")}'
         self.grid_publisher = node.create_publisher(OccupancyGrid, f'{prefix}/grid', output_qos)
         self.scan_publisher = node.create_publisher(LaserScan, f'{prefix}/scan', output_qos)
@@ -135,6 +136,14 @@ class GroundOutputs:
         except GroundError as error:
             self._roles_problem = str(error)
             node.get_logger().warning(f'no ground grid or scan: {error}')
+
+    def destroy(self) -> None:
+        """Remove the CameraInfo subscriptions and the grid and scan publishers from the node."""
+        for subscription in self._subscriptions:
+            self._node.destroy_subscription(subscription)
+        self._node.destroy_publisher(self.grid_publisher)
+        self._node.destroy_publisher(self.scan_publisher)
+        self._subscriptions = []
 
     def camera_info_callback(self, camera: _Camera, msg: CameraInfo) -> None:
         with self._lock:

@@ -17,13 +17,21 @@ Per camera topic ``<ns>/<name>`` (``<ns>/<name>/compressed`` for a ``CompressedI
 under the cameras' common namespace, ``grid`` (``nav_msgs/OccupancyGrid``) and ``scan``
 (``sensor_msgs/LaserScan``) in ``ground_frame``, fused from every camera with a ``CameraInfo`` and a
 pose, computed only while someone subscribes (``seg_ros.ros.ground_output``); and one
-``/diagnostics`` status per camera plus one for the model.
+``/diagnostics`` status per camera plus one for the model. The default camera topic is relative
+(``camera/image_raw``), so a namespace given to the node moves every topic but ``/diagnostics``.
+
+The node goes through the phases of a managed node: ``_configure`` (network and publishers),
+``_activate`` (subscriptions, diagnostics timer, worker), ``_deactivate`` and ``_cleanup``. This
+plain node runs the first two at construction; ``lifecycle_node.ManagedSegmentNode`` runs each on
+its lifecycle transition.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import re
 import threading
 import time
 import traceback
@@ -43,13 +51,17 @@ from rclpy.exceptions import (
     InvalidParameterValueException,
     InvalidTopicNameException,
 )
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.expand_topic_name import expand_topic_name
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import qos_policy_name_from_kind
+from rclpy.subscription import Subscription
 from rclpy.time import Time
+from rclpy.timer import Timer
+from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension, MultiArrayLayout, String
 
@@ -62,8 +74,9 @@ from ..paths import default_checkpoint
 from .conversions import ConversionError, array_to_image, compressed_to_array, image_to_array
 from .ground_output import GroundOutputs
 from .qos import LATCHED, OUTPUT, RELIABILITY_CHOICES, SubscriptionEventCallbacks, input_qos
+from .spinning import init, spin
 
-__all__ = ['PARAMETERS', 'ParameterSpec', 'SegmentNode', 'StartupError', 'main']
+__all__ = ['PARAMETERS', 'ParameterSpec', 'SegmentNode', 'StartupError', 'main', 'run']
 
 NODE_NAME = 'segment_node'
 LOG_THROTTLE_SEC = 5.0
@@ -87,8 +100,8 @@ PARAMETERS: dict[str, ParameterSpec] = {
         "name the checkpoint's network or be empty", read_only=True),
     'weights': ParameterSpec('', 'checkpoint file used instead of the shipped one of model', read_only=True),
     'image_topics': ParameterSpec(
-        ['/camera/image_raw'], 'camera topics; a name ending in /compressed is a sensor_msgs/CompressedImage',
-        read_only=True),
+        ['camera/image_raw'], 'camera topics (relative names are in the node namespace); a name ending in '
+        '/compressed is a sensor_msgs/CompressedImage', read_only=True),
     'device': ParameterSpec('auto', 'auto (CUDA when available), cpu, cuda or cuda:N', read_only=True),
     'precision': ParameterSpec('fp32', 'inference precision', read_only=True, choices=PRECISIONS),
     'backend': ParameterSpec(
@@ -213,6 +226,12 @@ def class_info_message(segmenter: Segmenter) -> String:
     }))
 
 
+def _topic_name_problem(error: Exception) -> str:
+    """What rclpy says is wrong with a topic name, without its prefix and C source location."""
+    text = str(error).splitlines()[0].removeprefix('Invalid topic name: ').rstrip(':')
+    return re.sub(r', at \S+:\d+$', '', text.split(' is invalid: ', 1)[-1])
+
+
 def _is_out_of_memory(error: RuntimeError) -> bool:
     # CUDA raises OutOfMemoryError; the CPU allocator a plain RuntimeError ("DefaultCPUAllocator:
     # can't allocate memory", "not enough memory" in older releases).
@@ -244,6 +263,7 @@ class _Camera:
     last_frame: float = field(default_factory=time.monotonic)
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     incompatible_policy: str = ''
+    subscription: Subscription | None = None  # only while active
 
 
 @dataclass
@@ -263,27 +283,89 @@ class SegmentNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self.fatal_error: BaseException | None = None
+        self.segmenter: Segmenter | None = None
         self._lock = threading.Lock()
         self._frames_ready = threading.Condition(self._lock)
         self._stopping = False
         self._worker: threading.Thread | None = None
         self._cameras: list[_Camera] = []
+        self.ground: GroundOutputs | None = None
+        self._diagnostics: Publisher | None = None
+        self._diagnostics_timer: Timer | None = None
         self._checkpoint_path: Path | None = None
         self._inference_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._batch_sizes: deque[int] = deque(maxlen=LATENCY_WINDOW)
         self._last_report = time.monotonic()
         try:
             self._declare_parameters()
-            self.segmenter = self._create_segmenter()
-            self._create_interfaces()
-        except StartupError:
+            self._bring_up()
+        except BaseException:  # a StartupError, or SIGINT during start-up: leave nothing running
             self.destroy_node()
             raise
+
+    def _bring_up(self) -> None:
+        """A plain node configures and activates itself at once (a managed one on request)."""
+        self._configure()
+        self._activate()
+
+    # -- phases --------------------------------------------------------------------------------
+
+    def _configure(self) -> None:
+        """Load the network and create the publishers; StartupError says what to fix."""
+        self.segmenter = self._create_segmenter()
+        self._create_publishers()
+
+    def _activate(self) -> None:
+        """Subscribe to the cameras and start segmenting."""
+        subscription_qos = input_qos(self._param('qos_reliability'), self._param('qos_depth'))
+        for camera in self._cameras:
+            camera.subscription = self._subscribe(camera, subscription_qos)
+        self._diagnostics_timer = self.create_timer(self._param('diagnostics_period'),
+                                                    self.diagnostics_callback)
+        self._stopping = False
         self._worker = threading.Thread(target=self._work, name='segment_worker', daemon=True)
         self._worker.start()
-        self.get_logger().info(
-            f'segmenting {", ".join(c.topic for c in self._cameras)} with {self.segmenter.describe()} '
-            f'from {self._checkpoint_path}')
+        topics = ', '.join(self._full_topic_name(camera.topic) for camera in self._cameras)
+        self.get_logger().info(f'segmenting {topics} with {self.segmenter.describe()} from {self._checkpoint_path}')
+
+    def _deactivate(self) -> None:
+        """Stop segmenting: the frame in the network is finished, later ones are neither received nor counted."""
+        self._stop_worker()
+        for camera in self._cameras:
+            if camera.subscription is not None:
+                self.destroy_subscription(camera.subscription)
+                camera.subscription = None
+            camera.pending = None
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+
+    def _cleanup(self) -> None:
+        """Destroy the publishers and free the network and its device memory."""
+        for camera in self._cameras:
+            for publisher in camera.outputs.values():
+                self.destroy_publisher(publisher)
+        self._cameras = []
+        if self.ground is not None:
+            self.ground.destroy()
+            self.ground = None
+        if self._diagnostics is not None:
+            self.destroy_publisher(self._diagnostics)
+            self._diagnostics = None
+        if self.segmenter is not None:
+            on_cuda = self.segmenter.device.type == 'cuda'
+            self.segmenter = None
+            gc.collect()  # the network may sit in reference cycles (hooks, compiled graphs)
+            if on_cuda:
+                torch.cuda.empty_cache()
+
+    def _stop_worker(self) -> None:
+        with self._frames_ready:
+            self._stopping = True
+            self._frames_ready.notify_all()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join()
+        self._worker = None
 
     # -- start-up --------------------------------------------------------------------------
 
@@ -298,6 +380,10 @@ class SegmentNode(Node):
 
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
+
+    def _full_topic_name(self, topic: str) -> str:
+        """``topic`` expanded in this node's namespace (before remapping); ValueError for an invalid name."""
+        return expand_topic_name(topic, self.get_name(), self.get_namespace())
 
     def _create_segmenter(self) -> Segmenter:
         model, weights = self._param('model'), self._param('weights')
@@ -329,9 +415,8 @@ class SegmentNode(Node):
         except ValueError as error:
             raise StartupError(str(error)) from None
 
-    def _create_interfaces(self) -> None:
-        """Every subscription, publisher and timer of the node."""
-        subscription_qos = input_qos(self._param('qos_reliability'), self._param('qos_depth'))
+    def _create_publishers(self) -> None:
+        """The output publishers of every camera and the diagnostics publisher."""
         class_info = class_info_message(self.segmenter)
         prefixes: dict[str, str] = {}
         for index, topic in enumerate(self._param('image_topics')):
@@ -341,11 +426,12 @@ class SegmentNode(Node):
                                    f'under {prefix}/; give each camera its own namespace')
             prefixes[prefix] = topic
             try:
-                camera = self._create_camera(topic, prefix, subscription_qos, index)
-            except InvalidTopicNameException as error:
-                reason = str(error).splitlines()[0].removeprefix('Invalid topic name: ').rstrip(':')
+                # Checked now although subscribed only on activation: a bad name is a configuration error.
+                validate_full_topic_name(self._full_topic_name(topic))
+                camera = self._create_camera(topic, prefix, index)
+            except (InvalidTopicNameException, ValueError) as error:
                 raise StartupError(f'camera topic {topic!r} (results under {prefix!r}/) is not a valid '
-                                   f'ROS name: {reason}') from None
+                                   f'ROS name: {_topic_name_problem(error)}') from None
             camera.outputs['class_info'].publish(class_info)
             self._cameras.append(camera)
         self.ground = GroundOutputs(
@@ -353,20 +439,19 @@ class SegmentNode(Node):
             [camera.outputs['mask'].topic_name for camera in self._cameras], self.segmenter.labels,
             self._param, input_qos(self._param('qos_reliability'), 10), OUTPUT)
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._diagnostics_timer = self.create_timer(self._param('diagnostics_period'),
-                                                    self.diagnostics_callback)
 
-    def _create_camera(self, topic: str, prefix: str, subscription_qos: Any, index: int) -> _Camera:
+    def _create_camera(self, topic: str, prefix: str, index: int) -> _Camera:
         outputs = {name: self.create_publisher(msg_type, f'{prefix}/{name}',
                                                LATCHED if name == 'class_info' else OUTPUT)
                    for name, msg_type in OUTPUT_TYPES.items()}
         compressed = topic.endswith('/compressed')
-        camera = _Camera(topic, compressed, outputs, self.get_logger().get_child(f'camera{index}'))
+        return _Camera(topic, compressed, outputs, self.get_logger().get_child(f'camera{index}'))
+
+    def _subscribe(self, camera: _Camera, subscription_qos: Any) -> Subscription:
         events = SubscriptionEventCallbacks(incompatible_qos=partial(self.incompatible_qos_callback, camera))
-        self.create_subscription(CompressedImage if compressed else Image, topic,
-                                 partial(self.image_callback, camera), subscription_qos,
-                                 event_callbacks=events)
-        return camera
+        return self.create_subscription(CompressedImage if camera.compressed else Image, camera.topic,
+                                        partial(self.image_callback, camera), subscription_qos,
+                                        event_callbacks=events)
 
     # -- callbacks (executor thread) ------------------------------------------------------------
 
@@ -534,7 +619,7 @@ class SegmentNode(Node):
             'incompatible QoS': camera.incompatible_policy or 'none',
             'ground grid': self.ground.state(camera.topic),
         }
-        return DiagnosticStatus(level=level, name=f'{self.get_name()}: {camera.topic}', message=message,
+        return DiagnosticStatus(level=level, name=f'{self.get_fully_qualified_name()}: {camera.topic}', message=message,
                                 hardware_id=camera.topic,
                                 values=[KeyValue(key=key, value=value) for key, value in values.items()])
 
@@ -555,38 +640,41 @@ class SegmentNode(Node):
             'inference p50 (ms)': f'{np.median(inference):.1f}' if inference.size else 'nan',
             'mean batch size': f'{batch_sizes.mean():.2f}' if batch_sizes.size else 'nan',
         }
-        return DiagnosticStatus(level=DiagnosticStatus.OK, name=f'{self.get_name()}: model',
+        return DiagnosticStatus(level=DiagnosticStatus.OK, name=f'{self.get_fully_qualified_name()}: model',
                                 message=segmenter.describe(), hardware_id=str(segmenter.device),
                                 values=[KeyValue(key=key, value=value) for key, value in values.items()])
 
     # -- shutdown ----------------------------------------------------------------------------------
 
     def destroy_node(self) -> None:
-        with self._frames_ready:
-            self._stopping = True
-            self._frames_ready.notify_all()
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join()
+        """Stop the worker (after the frame in the network) before the node's entities go."""
+        self._stop_worker()
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> int:
-    """Run the node until interrupted; 1 when it cannot start or its worker fails."""
-    rclpy.init(args=args)
-    executor = SingleThreadedExecutor()
-    node = None
+def run(node_class: type[SegmentNode], args: list[str] | None = None) -> int:
+    """Run a segment node until SIGINT or SIGTERM (exit code 0); 1 when it cannot start or its worker fails."""
+    executor = node = None
     try:
-        node = SegmentNode()
+        init(args)
+        executor = SingleThreadedExecutor()
+        node = node_class()
         executor.add_node(node)
-        executor.spin()
+        spin(executor)
     except StartupError as error:
         get_logger(NODE_NAME).error(str(error))
         return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt:
         pass
     finally:
         if node is not None:
             node.destroy_node()
-        executor.shutdown()
+        if executor is not None:
+            executor.shutdown()
         rclpy.try_shutdown()
     return 1 if node is not None and node.fatal_error is not None else 0
+
+
+def main(args: list[str] | None = None) -> int:
+    """``segment_node``: configured and active from the start."""
+    return run(SegmentNode, args)

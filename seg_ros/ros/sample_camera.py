@@ -16,16 +16,14 @@ beside the images on ``<ns>/camera_info``, with each frame's header.
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -34,6 +32,7 @@ from ..outputs import camera_info_topic
 from ..sources import SourceError, open_source, play
 from .conversions import array_to_compressed, array_to_image
 from .qos import RELIABILITY_CHOICES, input_qos
+from .spinning import init, spin
 
 __all__ = ['PARAMETERS', 'SampleCamera', 'main']
 
@@ -42,8 +41,8 @@ NODE_NAME = 'sample_camera'
 PARAMETERS: dict[str, tuple[bool | int | float | str, str, tuple[float, float] | None]] = {
     'source': ('synthetic', 'synthetic, v4l2:/dev/videoN, a video file, an image folder, '
                             'or a rosbag2 (folder, .db3 or .mcap file)', None),
-    'topic': ('/camera/image_raw', 'where frames are published; a name ending in /compressed '
-                                   'publishes JPEG sensor_msgs/CompressedImage', None),
+    'topic': ('camera/image_raw', 'where frames are published (relative names are in the node namespace); '
+                                  'a name ending in /compressed publishes JPEG sensor_msgs/CompressedImage', None),
     'rate': (15.0, 'frames per second', (0.1, 1000.0)),
     'width': (640, 'width of the published frames (the source is resized to it)', (32, 8192)),
     'height': (360, 'height of the published frames (the source is resized to it)', (32, 8192)),
@@ -86,7 +85,7 @@ class SampleCamera(Node):
             width, height, rate = value['width'], value['height'], value['rate']
             self._source = open_source(value['source'], width=width, height=height, rate=rate,
                                        bag_topic=value['bag_topic'])
-        except (ValueError, InvalidParameterValueException, InvalidParameterTypeException):
+        except BaseException:  # bad parameters, a source that cannot be read, or SIGINT during start-up
             super().destroy_node()
             raise
         self._frames = play(self._source, width=width, height=height, loop=value['loop'])
@@ -138,25 +137,22 @@ class SampleCamera(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Publish until the source ends or SIGINT; 1 when the source cannot be read."""
-    # SIGINT as a plain KeyboardInterrupt in this thread (also where the parent ignores it) instead
-    # of rclpy's handler, which shuts the context down at once, under a publish in progress.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    executor = node = None
     try:
+        init(args)
+        executor = SingleThreadedExecutor()
         node = SampleCamera()
+        executor.add_node(node)
+        spin(executor, done=node.finished.done)
     except (ValueError, InvalidParameterValueException, InvalidParameterTypeException) as error:
         get_logger(NODE_NAME).error(str(error))
-        rclpy.try_shutdown()
         return 1
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        while not node.finished.done():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt:
         pass
     finally:
-        executor.shutdown()
-        node.destroy_node()
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
-    return node.finished.result() if node.finished.done() else 0
+    return node.finished.result() if node is not None and node.finished.done() else 0

@@ -245,7 +245,8 @@ def _node_default_model() -> str | None:
     for directory in share_dirs():
         path = directory / 'config' / 'segment.yaml'
         if path.is_file():
-            return yaml.safe_load(path.read_text())['segment_node']['ros__parameters']['model']
+            # Keyed '/**' so that it applies under any namespace and node name.
+            return yaml.safe_load(path.read_text())['/**']['ros__parameters']['model']
     return None
 
 

@@ -1,0 +1,34 @@
+"""rclpy set up for a node process that stops cleanly at any moment (see ``entry_points``).
+
+rclpy's own handler shuts the context down on SIGINT at once, under a frame being published, and
+leaves later signals to raise inside the clean-up; ``init`` installs ``stop_on_signals`` instead.
+The Python handler runs only when the main thread is in Python, so ``spin`` waits in short slices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import Executor, ExternalShutdownException
+from rclpy.signals import SignalHandlerOptions
+
+from .entry_points import stop_on_signals
+
+__all__ = ['init', 'spin']
+
+WAIT_SLICE_SEC = 0.1  # how soon a stop signal is noticed while nothing else happens
+
+
+def init(args: list[str] | None = None) -> None:
+    """``rclpy.init`` with this package's stop-signal handling instead of rclpy's."""
+    stop_on_signals()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+
+def spin(executor: Executor, done: Callable[[], bool] = lambda: False) -> None:
+    """Spin until ``done()`` or the context shuts down; a stop signal raises KeyboardInterrupt."""
+    with contextlib.suppress(ExternalShutdownException):
+        while executor.context.ok() and not done():
+            executor.spin_once(timeout_sec=WAIT_SLICE_SEC)
