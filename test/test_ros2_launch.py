@@ -79,10 +79,17 @@ def launch(tmp_path: Path):
             process.kill()
 
 
-def ros2(*arguments: str) -> str:
-    """A ``ros2`` CLI command (no daemon, so that nothing outlives the test); its output."""
-    result = subprocess.run([str(BIN / 'ros2'), *arguments], env=_environment(), capture_output=True, text=True,
-                            timeout=60)
+def ros2(*arguments: str, attempts: int = 3) -> str:
+    """A ``ros2`` CLI command (no daemon, so that nothing outlives the test); its output.
+
+    Without a daemon each call discovers the graph afresh and, on a loaded machine, may give up
+    before the node's announcement arrives ("Node not found"); that race alone is retried.
+    """
+    for _ in range(attempts):
+        result = subprocess.run([str(BIN / 'ros2'), *arguments], env=_environment(), capture_output=True,
+                                text=True, timeout=60)
+        if 'Node not found' not in result.stderr:
+            break
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
