@@ -34,7 +34,6 @@ import copy
 import json
 import math
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -54,7 +53,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import __version__
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import SegmentationDataset, build_dataset
 from .export import format_resolution, parse_resolution
@@ -73,6 +71,7 @@ from .ground import (
 from .inference import Segmenter, resolve_device, resolve_precision
 from .labels import CAMVID11
 from .models import build_model, count_parameters, list_models
+from .reporting import machine_info, markdown_table
 
 __all__ = ['MODES', 'PAPER_FIGURES', 'Mode', 'PaperFigure', 'main', 'run_benchmark']
 
@@ -183,60 +182,6 @@ def _load_average() -> float:
 def _synchronize(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return '-'
-    if isinstance(value, bool):
-        return 'yes' if value else 'no'
-    if isinstance(value, float):
-        return f'{value:.{digits}g}' if abs(value) < 10 ** digits else f'{value:.0f}'
-    return str(value)
-
-
-def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> str:
-    """Rows as a markdown table of ``columns`` (key -> heading)."""
-    lines = ['| ' + ' | '.join(columns.values()) + ' |', '|' + ' --- |' * len(columns)]
-    lines += ['| ' + ' | '.join(_fmt(row.get(key)) for key in columns) + ' |' for row in rows]
-    return '\n'.join(lines)
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """What the figures were measured on."""
-    info: dict[str, Any] = {
-        'seg_ros': __version__, 'torch': torch.__version__, 'python': platform.python_version(),
-        'platform': platform.platform(), 'cpu': _cpu_name(), 'cpu_cores': os.cpu_count(),
-        'torch_threads': torch.get_num_threads(), 'device': str(device),
-        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'default (active)'),
-        'load_average_1_5_15': [round(v, 2) for v in os.getloadavg()],
-    }
-    with contextlib.suppress(ImportError):
-        import onnxruntime
-        info['onnxruntime'] = onnxruntime.__version__
-    if device.type == 'cuda':
-        properties = torch.cuda.get_device_properties(device)
-        info.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2 ** 30, 1),
-                    cuda_runtime=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                    gpu_driver=_nvidia_driver())
-    return info
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    return platform.processor() or 'unknown'
-
-
-def _nvidia_driver() -> str | None:
-    try:
-        result = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
-                                capture_output=True, text=True, timeout=20, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else None
 
 
 def random_checkpoint(network: str, size: tuple[int, int], folder: Path, seed: int = 0) -> Path:

@@ -1,8 +1,26 @@
-"""Small formatting helpers that several commands print with."""
+"""What several commands print with: the machine a figure was measured on, markdown tables, durations.
+
+Library code (model cards, studies, benchmarks) imports these; none of it imports a command.
+"""
 
 from __future__ import annotations
 
-__all__ = ['clock_duration']
+import contextlib
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+
+__all__ = ['clock_duration', 'cpu_flags', 'machine_info', 'markdown_table']
+
+# The flags that decide whether reduced precision is native on an x86 CPU (AMX tiles, AVX512-BF16/FP16).
+PRECISION_FLAGS = ('amx_bf16', 'amx_fp16', 'amx_tile', 'avx512_bf16', 'avx512_fp16')
 
 
 def clock_duration(seconds: float | None) -> str | None:
@@ -13,3 +31,67 @@ def clock_duration(seconds: float | None) -> str | None:
         return f'{seconds:.1f} s'
     minutes, secs = divmod(round(seconds), 60)
     return f'{minutes // 60}:{minutes % 60:02d}:{secs:02d}'
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return '-'
+    if isinstance(value, bool):
+        return 'yes' if value else 'no'
+    if isinstance(value, float):
+        return f'{value:.{digits}g}' if abs(value) < 10 ** digits else f'{value:.0f}'
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> str:
+    """Rows as a markdown table of ``columns`` (key -> heading)."""
+    lines = ['| ' + ' | '.join(columns.values()) + ' |', '|' + ' --- |' * len(columns)]
+    lines += ['| ' + ' | '.join(_fmt(row.get(key)) for key in columns) + ' |' for row in rows]
+    return '\n'.join(lines)
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {
+        'seg_ros': __version__, 'torch': torch.__version__, 'python': platform.python_version(),
+        'platform': platform.platform(), 'cpu': _cpu_name(), 'cpu_flags': cpu_flags(), 'cpu_cores': os.cpu_count(),
+        'torch_threads': torch.get_num_threads(), 'device': str(device),
+        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'default (active)'),
+        'load_average_1_5_15': [round(v, 2) for v in os.getloadavg()],
+    }
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+        info['onnxruntime'] = onnxruntime.__version__
+    if device.type == 'cuda':
+        properties = torch.cuda.get_device_properties(device)
+        info.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2 ** 30, 1),
+                    cuda_runtime=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    gpu_driver=_nvidia_driver())
+    return info
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    return platform.processor() or 'unknown'
+
+
+def cpu_flags() -> list[str]:
+    """This CPU's flags among ``PRECISION_FLAGS`` (from /proc/cpuinfo; empty elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('flags'):
+                present = set(line.split(':', 1)[1].split())
+                return [flag for flag in PRECISION_FLAGS if flag in present]
+    return []
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        result = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
+                                capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else None

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from seg_ros.bench import MODES, PAPER_FIGURES, evaluate_targets, main, markdown_table
+from seg_ros.bench import MODES, PAPER_FIGURES, evaluate_targets, main
 from seg_ros.inference import resolve_precision
 from seg_ros.models import build_model, count_parameters
+from seg_ros.reporting import markdown_table
 
 
 def run(tmp_path, capsys, *argv: str) -> tuple[dict, str]:

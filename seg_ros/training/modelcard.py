@@ -33,13 +33,13 @@ import numpy as np
 import torch
 import yaml
 
-from seg_ros.bench import machine_info
 from seg_ros.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from seg_ros.data import DatasetError, build_dataset
 from seg_ros.fastpath import latencies_ms
 from seg_ros.inference import Segmenter, resolve_device
 from seg_ros.models import count_parameters
 from seg_ros.paths import DEFAULT_DATASET, share_dirs
+from seg_ros.reporting import machine_info
 from seg_ros.training.cli import eval_main
 from seg_ros.training.config import RecipeError, dump_recipe, find_recipe, load_recipe, resolve_stages
 from seg_ros.training.evaluate import format_report

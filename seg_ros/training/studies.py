@@ -37,10 +37,9 @@ from typing import Any
 
 import torch
 
-from seg_ros.bench import machine_info, markdown_table
 from seg_ros.data import DatasetError, build_dataset, class_frequencies
 from seg_ros.inference import resolve_device
-from seg_ros.reporting import clock_duration
+from seg_ros.reporting import clock_duration, machine_info, markdown_table
 from seg_ros.training.config import RecipeError, load_recipe
 from seg_ros.training.feeding import resolve_num_workers
 from seg_ros.training.modelcard import seg_eval_report, training_wall_time
