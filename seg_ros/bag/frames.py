@@ -310,6 +310,11 @@ class LabelFolder:
             return self._files.get(self.file_name_for(frame))
         return self._numbers.get(frame.index if self.match == 'index' else frame.stamp)
 
+    def label(self, number: int) -> np.ndarray | None:
+        """The label image whose name ends in ``number`` (index or stamp matching), None when none does."""
+        path = self._numbers.get(number)
+        return None if path is None else read_label_png(path)
+
     def label_for(self, frame: Frame) -> np.ndarray | None:
         """The frame's label image, None when there is none (``ValueError`` for an unreadable one)."""
         path = self.path_for(frame)
