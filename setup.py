@@ -80,11 +80,13 @@ setup(
         'rosbags>=0.10',
         'tqdm',
         'matplotlib',
+        'av',  # PyAV, with its own FFmpeg: seg-bag's H.264 videos
     ],
     extras_require={
         'ros': ['ros-rclpy[fastrtps]', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-diagnostic-msgs'],
         'onnx': ['onnx', 'onnxruntime'],
-        'test': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'psutil'],
+        'cluster': ['distributed'],  # Dask: seg-bag --scheduler spreads bags over a cluster
+        'test': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'psutil', 'mcap'],
     },
     zip_safe=True,
     maintainer='seg_ros maintainers',

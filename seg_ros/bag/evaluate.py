@@ -392,9 +392,11 @@ class _Evaluation:
                 if results:
                     camera.add(frame, results, (frame.timestamp - self.bag.start_time) / 1e9)
                 progress.update()
-                # Memory once everything is allocated for the first frame, and at the end: the
-                # difference is what grows with the length of the bag.
-                self.memory.setdefault('after_first_frame_mib', _peak_rss_mib())
+                # Peak memory after frame 1, 2, 4, 8 ...: whatever grows with the length of the bag
+                # shows as growth between the later ones.
+                done = sum(c.frames for c in self.cameras.values())
+                if done & (done - 1) == 0:
+                    self.memory[f'peak_after_{done}_frames_mib'] = _peak_rss_mib()
         self.memory['peak_mib'] = _peak_rss_mib()
 
     def _seconds(self, timestamp: int | None) -> float | None:
