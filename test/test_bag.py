@@ -138,7 +138,8 @@ def camvid_run(tmp_path_factory, camvid_root, checkpoints) -> SimpleNamespace:
     assert main(['make', str(data / 'images' / 'val'), '--labels', str(data / 'labels' / 'val'),
                  '--rate', '5', '--start-time', str(START), '--out', str(root / 'input'), '-q']) == 0
     argv = [str(root / 'input'), '--checkpoint', f'camvid={checkpoints["camvid"]}',
-            '--checkpoint', f'cityscapes={checkpoints["cityscapes"]}', '--outputs', 'image,mask,color_mask,overlay,stats',
+            '--checkpoint', f'cityscapes={checkpoints["cityscapes"]}',
+            '--outputs', 'image,mask,color_mask,overlay,stats',
             '--out', str(root / 'out'), '-q']
     assert main(argv) == 0
     report = json.loads((root / 'out' / 'report.json').read_text())

@@ -126,7 +126,7 @@ def test_bags_that_cannot_be_read_are_clear_errors(tmp_path, checkpoint, capsys)
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     empty = tmp_path / 'empty'
     empty.mkdir()
-    for bag, message in ((junk, 'not an MCAP file'), (empty, 'neither a bag (metadata.yaml, .mcap or .db3 files) nor a folder of bags'),
+    for bag, message in ((junk, 'not an MCAP file'), (empty, 'neither a bag (metadata.yaml, .mcap or .db3 files)'),
                          (tmp_path / 'missing', 'no such file or folder')):
         out = tmp_path / f'out_{bag.name}'
         assert main([str(bag), '-c', str(checkpoint), '--out', str(out), '-q']) == 2

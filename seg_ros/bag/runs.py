@@ -28,6 +28,8 @@ from .report import write_json
 __all__ = ['evaluate_one', 'evaluate_runs', 'find_bags', 'is_bag']
 
 RunCallback = Callable[[dict[str, Any]], None]
+SCHEDULER_TIMEOUT_S = 10.0
+"""How long to wait for a Dask scheduler to answer."""
 
 
 def is_bag(path: Path) -> bool:
@@ -129,9 +131,10 @@ def _on_dask(jobs: dict[str, EvaluationOptions], address: str, on_done: RunCallb
         raise ValueError('--scheduler needs Dask\'s distributed package: pip install "distributed" '
                          '(the cluster extra of seg_ros)') from None
     try:
-        client = Client(address, timeout=30)
+        client = Client(address, timeout=SCHEDULER_TIMEOUT_S)
     except (OSError, TimeoutError) as error:
-        raise ValueError(f'--scheduler {address}: no Dask scheduler answers there ({error})') from None
+        raise ValueError(f'--scheduler {address}: no Dask scheduler answers there within '
+                         f'{SCHEDULER_TIMEOUT_S:g} s ({error})') from None
     with client:
         # pure=False: a run writes files; two runs of the same bag are two tasks.
         futures = [client.submit(_evaluate_on_dask_worker, name, job, pure=False) for name, job in jobs.items()]
