@@ -38,12 +38,12 @@ from .frames import (
     FrameStream,
     LabelFolder,
     TopicProblems,
+    check_ignore_values,
     choose_camera_topics,
     choose_label_topic,
     file_name_topic,
     frame_rgb,
 )
-from .make import check_ignore_values
 from .reader import BagError, BagReader
 from .report import FrameLog, format_markdown, plot_class_share, plot_confidence, write_json
 from .stats import Agreement, GroundTruthScore, ModelStats

@@ -30,8 +30,8 @@ from .messages import IMAGE_TYPES, STRING, decode_image, decode_label, deseriali
 from .reader import BagError, BagReader, TopicInfo
 
 __all__ = ['FILE_NAME_TOPIC', 'LABEL_SET_KEY', 'LABEL_TOPIC_NAMES', 'Frame', 'FrameStream', 'LabelAccount',
-           'LabelError', 'LabelFolder', 'StampPairing', 'TopicProblems', 'camera_topics', 'check_label',
-           'choose_camera_topics', 'choose_label_topic', 'file_name_topic', 'frame_rgb', 'ignore_values',
+           'LabelError', 'LabelFolder', 'StampPairing', 'TopicProblems', 'camera_topics', 'check_ignore_values',
+           'check_label', 'choose_camera_topics', 'choose_label_topic', 'file_name_topic', 'frame_rgb', 'ignore_values',
            'read_label_png']
 
 LABEL_TOPIC_NAMES = ('labels', 'label', 'ground_truth')
@@ -165,6 +165,13 @@ def check_label(label: np.ndarray, labels: LabelSet, shape: tuple[int, ...]) -> 
     if bad.size:
         raise LabelError(f'label values {bad.tolist()[:8]} are neither a class of {labels.name} '
                          f'(0..{labels.num_classes - 1}) nor {IGNORE_INDEX} (ignore)', 'values', bad.tolist())
+
+
+def check_ignore_values(values: Iterable[int]) -> None:
+    """``--label-ignore`` values must be label values (0..254; 255 is ignore already)."""
+    bad = [value for value in values if not 0 <= value < IGNORE_INDEX]
+    if bad:
+        raise ValueError(f'--label-ignore {bad[0]} is not a label value (0..{IGNORE_INDEX - 1})')
 
 
 def ignore_values(label: np.ndarray, values: Iterable[int]) -> np.ndarray:

@@ -27,9 +27,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..labels import IGNORE_INDEX, LabelSet, get_label_set
+from ..labels import LabelSet, get_label_set
 from ..sources import BagSource, FrameSource, ImageFolderSource, SourceError, VideoSource, open_source
-from .frames import FILE_NAME_TOPIC, LABEL_SET_KEY, LabelFolder, check_label, ignore_values, read_label_png
+from .frames import (
+    FILE_NAME_TOPIC,
+    LABEL_SET_KEY,
+    LabelFolder,
+    check_ignore_values,
+    check_label,
+    ignore_values,
+    read_label_png,
+)
 from .messages import IMAGE, STRING, compressed_message, header_message, image_message, serialize, string_message
 from .reader import BagError
 from .writer import CAMERA_QOS, OutputBag
@@ -110,13 +118,6 @@ def _image_message(rgb: np.ndarray, header: Any, options: MakeOptions) -> Any:
         return compressed_message(rgb, options.encoding, header, jpeg_quality=options.jpeg_quality)
     pixels = rgb if options.encoding == 'rgb8' else np.ascontiguousarray(rgb[..., ::-1])
     return image_message(pixels, options.encoding, header)
-
-
-def check_ignore_values(values: tuple[int, ...]) -> None:
-    """``--label-ignore`` values must be label values (0..254; 255 is ignore already)."""
-    bad = [value for value in values if not 0 <= value < IGNORE_INDEX]
-    if bad:
-        raise ValueError(f'--label-ignore {bad[0]} is not a label value (0..{IGNORE_INDEX - 1})')
 
 
 def _label_message(label: np.ndarray, header: Any, options: MakeOptions, labels: LabelSet,

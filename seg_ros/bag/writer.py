@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import yaml
 from rosbags.interfaces import (
     Connection,
@@ -167,7 +168,7 @@ class ResultWriter:
         else:
             self._write_compressed(frame.topic, frame, frame_rgb(frame), 'jpeg', qos)
 
-    def _write_compressed(self, image_topic: str, frame: Frame, pixels: object, format: str,
+    def _write_compressed(self, image_topic: str, frame: Frame, pixels: np.ndarray, format: str,
                           qos: Sequence[Qos] = (RESULT_QOS,)) -> None:
         msg = compressed_message(pixels, format, frame.header, jpeg_quality=self.jpeg_quality)
         self.bag.write(f'{image_topic}/compressed', COMPRESSED_IMAGE, frame.timestamp, serialize(msg), qos)
