@@ -94,15 +94,16 @@ def _humble_metadata(path: Path) -> None:
 
 
 class OutputBag:
-    """A new rosbag2 written as messages come (``storage``: ``mcap`` or ``sqlite3``)."""
+    """A new rosbag2 written as messages come (``storage``: ``mcap`` or ``sqlite3``; MCAP chunks
+    zstd-compressed unless ``compress_chunks`` is False)."""
 
-    def __init__(self, path: str | Path, storage: str = 'mcap') -> None:
+    def __init__(self, path: str | Path, storage: str = 'mcap', *, compress_chunks: bool = True) -> None:
         if storage not in STORAGE_PLUGINS:
             raise ValueError(f'storage {storage!r} is not one of {", ".join(STORAGE_PLUGINS)}')
         self.path = Path(path)
         # Version 8 is the newest whose QoS strings Humble parses; close() rewrites it as Humble's 5.
         self._writer = Writer(self.path, version=8, storage_plugin=STORAGE_PLUGINS[storage])
-        if storage == 'mcap':  # zstd chunks, as rosbag2's zstd_fast storage preset writes them
+        if storage == 'mcap' and compress_chunks:  # as rosbag2's zstd_fast storage preset writes them
             self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
         try:
             self._writer.open()
