@@ -100,12 +100,14 @@ setup(
         'rosbags>=0.10',
         'tqdm',
         'matplotlib',
+        'av',  # PyAV, with its own FFmpeg: seg-bag's H.264 videos
     ],
     extras_require={
         'ros': ['ros-rclpy[fastrtps]', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-diagnostic-msgs', 'ros-nav-msgs',
                 'ros-lifecycle-msgs'],
         'onnx': ['onnx', 'onnxruntime'],
-        'test': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'psutil', 'colcon-common-extensions',
+        'cluster': ['distributed'],  # Dask: seg-bag --scheduler spreads bags over a cluster
+        'test': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'psutil', 'mcap', 'colcon-common-extensions',
                  'ros-ament-package'],
     },
     zip_safe=True,

@@ -122,6 +122,15 @@ class ConfusionMatrix:
             self._counts = self._counts.to(counts.device)
         self._counts += counts
 
+    def add_counts(self, matrix: ArrayLike, missed: ArrayLike) -> None:
+        """Add counts accumulated elsewhere: a (C, C) ``matrix`` and the (C,) ``missed`` column of another
+        confusion matrix of the same classes (pooling runs evaluated apart)."""
+        counts = np.concatenate([np.asarray(matrix, np.int64), np.asarray(missed, np.int64)[:, None]], axis=1)
+        if counts.shape != tuple(self._counts.shape):
+            raise ValueError(f'counts of shape {counts.shape[0]}x{counts.shape[1] - 1} for a '
+                             f'{self.num_classes}-class confusion matrix')
+        self._counts += torch.from_numpy(counts).to(self._counts.device)
+
     def all_reduce(self) -> None:
         """Sum the counts of all processes (no-op without an initialised process group)."""
         if not (dist.is_available() and dist.is_initialized()):

@@ -50,6 +50,10 @@ def read_bag(path: Path) -> dict[str, list[tuple[int, object]]]:
 
 
 def pixels(msg: object) -> np.ndarray:
+    """An Image's pixels, or a CompressedImage's decoded (RGB for colour), with OpenCV alone."""
+    if hasattr(msg, 'format'):
+        decoded = cv2.imdecode(np.asarray(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)
+        return decoded if decoded.ndim == 2 else decoded[..., ::-1]
     channels = {'mono8': 1, 'rgb8': 3, 'bgr8': 3}[msg.encoding]
     shape = (msg.height, msg.width) if channels == 1 else (msg.height, msg.width, channels)
     return np.asarray(msg.data, np.uint8).reshape(shape)
@@ -134,7 +138,9 @@ def camvid_run(tmp_path_factory, camvid_root, checkpoints) -> SimpleNamespace:
     assert main(['make', str(data / 'images' / 'val'), '--labels', str(data / 'labels' / 'val'),
                  '--rate', '5', '--start-time', str(START), '--out', str(root / 'input'), '-q']) == 0
     argv = [str(root / 'input'), '--checkpoint', f'camvid={checkpoints["camvid"]}',
-            '--checkpoint', f'cityscapes={checkpoints["cityscapes"]}', '--out', str(root / 'out'), '-q']
+            '--checkpoint', f'cityscapes={checkpoints["cityscapes"]}',
+            '--outputs', 'image,mask,color_mask,overlay,stats',
+            '--out', str(root / 'out'), '-q']
     assert main(argv) == 0
     report = json.loads((root / 'out' / 'report.json').read_text())
     return SimpleNamespace(root=root, data=data, frames=frames, out=root / 'out', report=report,
@@ -144,8 +150,11 @@ def camvid_run(tmp_path_factory, camvid_root, checkpoints) -> SimpleNamespace:
 
 def test_make_records_frames_and_labels_at_the_rate(camvid_run):
     recorded = read_bag(camvid_run.root / 'input')
-    assert set(recorded) == {'/camera/image_raw', '/camera/labels'}
+    assert set(recorded) == {'/camera/image_raw', '/camera/labels', '/camera/file_name'}
+    assert [msg.data for _, msg in recorded['/camera/file_name']] == [
+        f'frame{index:03d}.png' for index in range(len(CAMVID_FRAMES))]
     expected_times = [START * 10**9 + i * 200_000_000 for i in range(len(CAMVID_FRAMES))]
+    assert [t for t, _ in recorded['/camera/file_name']] == expected_times
     for topic, index in (('/camera/image_raw', 0), ('/camera/labels', 1)):
         assert [t for t, _ in recorded[topic]] == expected_times
         assert [stamp(msg) for _, msg in recorded[topic]] == expected_times
@@ -158,8 +167,8 @@ def test_make_records_frames_and_labels_at_the_rate(camvid_run):
 def test_output_bag_has_every_topic_with_the_input_stamps(camvid_run):
     output, frames = camvid_run.output, camvid_run.frames
     results = {f'/camera/segmentation/{model}/{name}' for model in ('camvid', 'cityscapes')
-               for name in ('mask', 'color_mask', 'overlay', 'stats')}
-    assert set(output) == {'/camera/image_raw'} | results
+               for name in ('mask/compressed', 'color_mask/compressed', 'overlay/compressed', 'stats')}
+    assert set(output) == {'/camera/image_raw/compressed'} | results
     expected_times = [START * 10**9 + i * 200_000_000 for i in range(len(frames))]
     for topic, messages in output.items():
         assert [t for t, _ in messages] == expected_times, topic
@@ -167,17 +176,21 @@ def test_output_bag_has_every_topic_with_the_input_stamps(camvid_run):
             continue
         assert [stamp(msg) for _, msg in messages] == expected_times, topic
         assert all(msg.header.frame_id == 'camera' for _, msg in messages)
-    for (_, msg), (rgb, _) in zip(output['/camera/image_raw'], frames, strict=True):
-        np.testing.assert_array_equal(pixels(msg), rgb)
+    for (_, msg), (rgb, _) in zip(output['/camera/image_raw/compressed'], frames, strict=True):
+        assert msg.format == 'rgb8; jpeg compressed bgr8'  # image_transport's compressed convention
+        assert np.abs(pixels(msg).astype(int) - rgb).mean() < 3  # JPEG at quality 90
     for model, labels in (('camvid', CAMVID11), ('cityscapes', CITYSCAPES19)):
         prefix = f'/camera/segmentation/{model}'
         for index, (rgb, _) in enumerate(frames):
-            mask = pixels(output[f'{prefix}/mask'][index][1])
+            mask_msg = output[f'{prefix}/mask/compressed'][index][1]
+            assert mask_msg.format == 'mono8; png compressed mono8' and bytes(mask_msg.data[1:4]) == b'PNG'
+            mask = pixels(mask_msg)
             assert mask.shape == rgb.shape[:2] and mask.max() < labels.num_classes
             color = labels.palette()[mask]
-            np.testing.assert_array_equal(pixels(output[f'{prefix}/color_mask'][index][1]), color)
+            assert np.abs(pixels(output[f'{prefix}/color_mask/compressed'][index][1]).astype(int) - color
+                          ).mean() < 4
             blended = rgb * 0.5 + color * 0.5
-            assert np.abs(pixels(output[f'{prefix}/overlay'][index][1]) - blended).max() <= 1.0
+            assert np.abs(pixels(output[f'{prefix}/overlay/compressed'][index][1]) - blended).mean() < 4
             stats = output[f'{prefix}/stats'][index][1]
             assert [(d.label, d.size) for d in stats.layout.dim] == [
                 ('classes', labels.num_classes), ('count,fraction,mean_confidence', 3)]
@@ -189,7 +202,7 @@ def test_output_bag_has_every_topic_with_the_input_stamps(camvid_run):
 
 
 def output_masks(run: SimpleNamespace, model: str) -> list[np.ndarray]:
-    return [pixels(msg) for _, msg in run.output[f'/camera/segmentation/{model}/mask']]
+    return [pixels(msg) for _, msg in run.output[f'/camera/segmentation/{model}/mask/compressed']]
 
 
 def test_report_matches_a_direct_computation(camvid_run, checkpoints):
@@ -330,8 +343,8 @@ def synthetic_run(tmp_path_factory) -> SimpleNamespace:
 def test_exact_masks_and_the_same_scores_as_seg_eval(synthetic_run):
     output = read_bag(synthetic_run.out / 'bag')
     assert (synthetic_run.out / 'bag' / 'bag.db3').is_file()
-    assert [t for t, _ in output['/front/segmentation/sharp/mask']] == synthetic_run.times
-    masks = [pixels(msg) for _, msg in output['/front/segmentation/sharp/mask']]
+    assert [t for t, _ in output['/front/segmentation/sharp/mask/compressed']] == synthetic_run.times
+    masks = [pixels(msg) for _, msg in output['/front/segmentation/sharp/mask/compressed']]
     for mask, (rgb, _) in zip(masks, synthetic_run.frames, strict=True):
         np.testing.assert_array_equal(mask, expected_channel_mask(rgb))
     data = write_folder_dataset(synthetic_run.root / 'data', synthetic_run.frames, CHANNEL_LABELS)
@@ -380,7 +393,7 @@ def test_time_window_stride_and_chosen_mosaic_frames(synthetic_run):
     expected = [synthetic_run.times[i] for i in (3, 5, 7, 9)]
     assert camera['frames'] == 4 and camera['first_timestamp'] == expected[0]
     assert camera['last_timestamp'] == expected[-1] and camera['rate_hz'] == pytest.approx(5.0)
-    assert [t for t, _ in read_bag(out / 'bag')['/front/segmentation/sharp/mask']] == expected
+    assert [t for t, _ in read_bag(out / 'bag')['/front/segmentation/sharp/mask/compressed']] == expected
     assert report['run']['window_s'] == [0.25, 0.95] and report['run']['stride'] == 2
     assert list(report['models']) == ['sharp']  # the name defaults to the file's
     # Video frame: title bar, a panel row at the frames' own height, legends; the mosaic has 2 rows.

@@ -50,7 +50,7 @@ def evaluate(bag: Path, out: Path, checkpoint: Path, *options: str) -> dict:
     return json.loads((out / 'report.json').read_text())
 
 
-def output_times(out: Path, topic: str = '/cam/segmentation/channel/mask') -> list[int]:
+def output_times(out: Path, topic: str = '/cam/segmentation/channel/mask/compressed') -> list[int]:
     with Reader(out / 'bag') as reader:
         return [t for c, t, _ in reader.messages() if c.topic == topic]
 
@@ -126,7 +126,7 @@ def test_bags_that_cannot_be_read_are_clear_errors(tmp_path, checkpoint, capsys)
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     empty = tmp_path / 'empty'
     empty.mkdir()
-    for bag, message in ((junk, 'not an MCAP file'), (empty, 'holds no .mcap or .db3 file'),
+    for bag, message in ((junk, 'not an MCAP file'), (empty, 'neither a bag (metadata.yaml, .mcap or .db3 files)'),
                          (tmp_path / 'missing', 'no such file or folder')):
         out = tmp_path / f'out_{bag.name}'
         assert main([str(bag), '-c', str(checkpoint), '--out', str(out), '-q']) == 2
@@ -143,4 +143,4 @@ def test_a_lone_mcap_file_that_lost_only_its_footer_is_read_whole(tmp_path, fram
     report = evaluate(tmp_path / 'alone.mcap', tmp_path / 'out', checkpoint)
     assert report['topics']['/cam/image_raw']['frames'] == 4 and 'cut off' in report['stopped']['reason']
     with Reader(tmp_path / 'out' / 'bag') as reader:  # the output bag is complete
-        assert reader.message_count == 4 * 5  # image, mask, color_mask, overlay, stats
+        assert reader.message_count == 4 * 3  # image, mask, stats

@@ -80,7 +80,7 @@ def test_make_from_an_image_folder_in_bgr8_and_sqlite3(tmp_path, capsys):
     assert main(['make', str(images), '--encoding', 'bgr8', '--storage', 'sqlite3', '--rate', '2',
                  '--topic', '/left/image', '--frame-id', 'left', '--start-time', '0',
                  '--out', str(tmp_path / 'bag'), '-q']) == 0
-    assert '3 frames at 2 Hz on /left/image' in capsys.readouterr().out
+    assert '3 frames at 2 Hz on /left/image, /left/file_name' in capsys.readouterr().out
     assert (tmp_path / 'bag' / 'bag.db3').is_file()
     recorded = read_bag(tmp_path / 'bag')['/left/image']
     assert [t for t, _ in recorded] == [0, 500_000_000, 1_000_000_000]

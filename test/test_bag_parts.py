@@ -12,7 +12,7 @@ import pytest
 from seg_ros.bag.cli import _model_names, main
 from seg_ros.bag.frames import (
     Frame,
-    LabelMatcher,
+    StampPairing,
     check_label,
     choose_camera_topics,
     choose_label_topic,
@@ -66,19 +66,19 @@ def frame(stamp: int) -> Frame:
 
 
 def test_labels_pair_with_frames_by_stamp_in_either_order():
-    matcher = LabelMatcher(window=2)
+    matcher = StampPairing('label', 'stamp', window=2)
     label = {stamp: np.full((2, 2), stamp, np.uint8) for stamp in range(10)}
-    assert matcher.add_label(0, label[0]) == []  # label first, then its frame: out at once
+    assert matcher.add_value(0, label[0]) == []  # label first, then its frame: out at once
     first, = matcher.add_frame(frame(0))
     assert first.label is label[0]
     assert matcher.add_frame(frame(1)) == []  # frame first: held for its label
-    second, = matcher.add_label(1, label[1])
+    second, = matcher.add_value(1, label[1])
     assert second.stamp == 1 and second.label is label[1]
     # A frame whose label never comes is let go, in order, once two newer frames wait behind it.
     assert matcher.add_frame(frame(2)) == [] and matcher.add_frame(frame(3)) == []
     released = matcher.add_frame(frame(4))
     assert [f.stamp for f in released] == [2] and released[0].label is None
-    released = matcher.add_label(3, label[3])
+    released = matcher.add_value(3, label[3])
     assert [f.stamp for f in released] == [3]
     assert [f.stamp for f in matcher.flush()] == [4]
 

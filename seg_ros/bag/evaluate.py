@@ -6,8 +6,8 @@ running sums; the per-frame numbers go to ``frames.jsonl`` on disk; the mosaic k
 number of rows). Output folder::
 
     OUT/report.md, OUT/report.json      the report
-    OUT/bag/                            rosbag2: the camera topics and every model's results
-    OUT/<topic>/video.mp4               input | model A | model B ..., with class legends
+    OUT/bag/                            rosbag2: the camera topics and every model's results, compact
+    OUT/<topic>/video.mp4               H.264: input | model A | model B ..., with class legends
     OUT/<topic>/mosaic.png              a few frames in the same layout (plus ground truth)
     OUT/<topic>/class_share.png         class share over time, one panel per model
     OUT/<topic>/confidence.png          confidence, entropy and stability over time
@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import itertools
 import logging
+import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
-from ..inference import ENCODINGS, SegmentationError, SegmentationResult, Segmenter
+from ..checkpoint import CheckpointError
+from ..inference import SegmentationError, SegmentationResult, Segmenter
 from ..labels import LabelSet, get_label_set
 from .frames import (
     LABEL_SET_KEY,
@@ -36,18 +38,24 @@ from .frames import (
     FrameStream,
     LabelFolder,
     TopicProblems,
+    check_ignore_values,
     choose_camera_topics,
     choose_label_topic,
+    file_name_topic,
+    frame_rgb,
 )
 from .reader import BagError, BagReader
 from .report import FrameLog, format_markdown, plot_class_share, plot_confidence, write_json
 from .stats import Agreement, GroundTruthScore, ModelStats
 from .video import MosaicRows, Panel, SideBySide, VideoFile, save_png
-from .writer import OutputBag, result_prefix
+from .writer import DEFAULT_OUTPUTS, OutputBag, ResultWriter
 
-__all__ = ['EvaluationOptions', 'evaluate_bag', 'topic_folder']
+__all__ = ['EXPECTED_ERRORS', 'EvaluationOptions', 'evaluate_bag', 'topic_folder']
 
 log = logging.getLogger('seg_ros.bag')
+
+EXPECTED_ERRORS = (ValueError, CheckpointError, OSError)
+"""Bad input (BagError, SourceError, ConversionError are ValueErrors), unreadable or unwritable files."""
 
 _DEFAULT_RATE = 10.0
 
@@ -67,10 +75,15 @@ class EvaluationOptions:
     stride: int = 1
     gt_topic: str | None = None
     gt_dir: Path | None = None
-    gt_match: str = 'index'
+    gt_match: str = 'auto'
+    """``auto`` (by name where the bag records image file names, else by index), or a ``LabelFolder`` match."""
+    gt_pattern: str | None = None
     gt_labels: str | None = None
+    label_ignore: tuple[int, ...] = ()
     storage: str = 'mcap'
     write_bag: bool = True
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    jpeg_quality: int = 90
     write_video: bool = True
     video_panels: str = 'color_mask'
     panel_height: int = 360
@@ -154,7 +167,7 @@ class _Camera:
             panels += [Panel(f'{name} ({labels.name})', labels) for name, labels in self.labels.items()]
             height = max(16, min(self.options.panel_height, frame.image.shape[0]))
             self.layout = SideBySide(panels, frame.image.shape[:2], height)
-        image = _as_rgb(frame)
+        image = frame_rgb(frame)
         truth = [] if self.gt_labels is None else [
             self.gt_labels.palette()[frame.label] if labelled else None]
         if self.options.write_video:
@@ -203,20 +216,16 @@ class _Camera:
         }
 
 
-def _as_rgb(frame: Frame) -> np.ndarray:
-    """The frame's pixels as RGB, reordered by the Segmenter's own table of direct encodings."""
-    _, to_rgb = ENCODINGS[frame.encoding]
-    pixels = frame.image if frame.image.ndim == 3 else frame.image[..., None]
-    return np.ascontiguousarray(pixels[..., list(to_rgb)])
-
-
 def _window(bag: BagReader, options: EvaluationOptions) -> tuple[int | None, int | None]:
-    """The time window in bag time (ns)."""
+    """The time window in bag time (ns); one that holds no moment of the bag is an error."""
     for name, value in (('--start', options.start), ('--end', options.end)):
         if value is not None and value < 0:
             raise ValueError(f'{name} {value} is negative; it counts seconds from the start of the bag')
     if options.start is not None and options.end is not None and options.end <= options.start:
         raise ValueError(f'--end {options.end} is not after --start {options.start}')
+    if options.start is not None and options.start > bag.duration_s:
+        raise ValueError(f'--start {options.start:g} s is after the end of the bag {bag.path}: its messages '
+                         f'span {bag.duration_s:.3f} s (from 0 to {bag.duration_s:.3f} s)')
     start = None if options.start is None else bag.start_time + round(options.start * 1e9)
     stop = None if options.end is None else bag.start_time + round(options.end * 1e9)
     return start, stop
@@ -259,18 +268,36 @@ def _frame_stream(options: EvaluationOptions, bag: BagReader, models: dict[str, 
     topics = bag.topics
     cameras = choose_camera_topics(topics, options.topics)
     start, stop = _window(bag, options)
-    label_topic = label_folder = None
+    label_topic = label_folder = name_topic = None
     if options.gt_dir is not None and options.gt_topic is not None:
         raise ValueError('--gt-topic and --gt-dir are two sources of ground truth; give one')
+    check_ignore_values(options.label_ignore)
     if options.gt_dir is not None:
         if len(cameras) != 1:
             raise BagError(f'labels from {options.gt_dir} are for one camera topic; choose it with --topic '
                            f'(camera topics: {", ".join(cameras)})')
-        label_folder = LabelFolder(options.gt_dir, options.gt_match)
+        name_topic = file_name_topic(topics, cameras[0])
+        label_folder = _label_folder(options, name_topic)
+        if not label_folder.needs_names:
+            name_topic = None
     else:
         label_topic = choose_label_topic(topics, cameras, options.gt_topic)
     gt_labels = _ground_truth_labels(options, bag, models) if label_topic or label_folder else None
-    return FrameStream(bag, cameras, start, stop, options.stride, label_topic, label_folder, gt_labels)
+    return FrameStream(bag, cameras, start, stop, options.stride, label_topic, label_folder, gt_labels,
+                       name_topic, tuple(options.label_ignore))
+
+
+def _label_folder(options: EvaluationOptions, name_topic: str | None) -> LabelFolder:
+    """``--gt-dir`` with its matching; matching by name needs the file names the bag records."""
+    match = options.gt_match
+    if match == 'auto':
+        match = 'name' if name_topic else 'index'
+    folder = LabelFolder(options.gt_dir, match, options.gt_pattern)
+    if folder.needs_names and name_topic is None:
+        raise BagError(f'--gt-dir {options.gt_dir} by {folder.describe()}: the bag records no image file '
+                       'names (a file_name topic beside the camera, which seg-bag make writes from an image '
+                       'folder); match by --gt-match index|stamp or a --gt-pattern with {index} or {stamp}')
+    return folder
 
 
 def evaluate_bag(options: EvaluationOptions) -> dict[str, Any]:
@@ -296,23 +323,33 @@ def evaluate_bag(options: EvaluationOptions) -> dict[str, Any]:
     return report
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux and macOS count it in different units)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == 'darwin' else peak / 2**10
+
+
 class _Evaluation:
     """The frame loop over one opened bag, and the report it makes."""
 
     def __init__(self, options: EvaluationOptions, bag: BagReader, stream: FrameStream,
                  models: dict[str, Segmenter]) -> None:
         self.options, self.bag, self.stream, self.models = options, bag, stream, models
-        # Ground truth belongs to the one camera the label topic or folder is for.
-        gt_camera = stream.label_topic[1] if stream.label_topic else stream.cameras[0]
         self.cameras = {
             topic: _Camera(topic, options.out / topic_folder(topic), models,
-                           stream.gt_labels if topic == gt_camera else None, options,
+                           stream.gt_labels if topic == stream.gt_camera else None, options,
                            _frame_rate(bag, topic, options))
             for topic in stream.cameras}
-        self.output_bag = OutputBag(options.out / 'bag', options.storage) if options.write_bag else None
+        self.output_bag = self.results = None
+        if options.write_bag:
+            self.output_bag = OutputBag(options.out / 'bag', options.storage)
+            self.results = ResultWriter(self.output_bag, options.outputs,
+                                        {topic: list(bag.topics[topic].qos) for topic in stream.cameras},
+                                        options.jpeg_quality)
         self.outputs = {'color_mask', 'entropy'}
-        if options.write_bag or options.video_panels == 'overlay':
+        if (options.write_bag and 'overlay' in options.outputs) or options.video_panels == 'overlay':
             self.outputs.add('overlay')
+        self.memory: dict[str, float] = {}
 
     def run(self) -> dict[str, Any]:
         began = time.perf_counter()
@@ -350,17 +387,17 @@ class _Evaluation:
                     except SegmentationError as error:
                         camera.failed(name)
                         log.warning('%s frame %d: %s', frame.topic, frame.index, error)
-                if self.output_bag is not None:
-                    self._write(frame, results)
+                if self.results is not None:
+                    self.results.write(frame, results)
                 if results:
                     camera.add(frame, results, (frame.timestamp - self.bag.start_time) / 1e9)
                 progress.update()
-
-    def _write(self, frame: Frame, results: dict[str, SegmentationResult]) -> None:
-        self.output_bag.write(frame.topic, frame.msgtype, frame.timestamp, frame.raw)
-        for name, result in results.items():
-            self.output_bag.write_result(result_prefix(frame.topic, name), frame.timestamp, frame.header,
-                                         result)
+                # Peak memory after frame 1, 2, 4, 8 ...: whatever grows with the length of the bag
+                # shows as growth between the later ones.
+                done = sum(c.frames for c in self.cameras.values())
+                if done & (done - 1) == 0:
+                    self.memory[f'peak_after_{done}_frames_mib'] = _peak_rss_mib()
+        self.memory['peak_mib'] = _peak_rss_mib()
 
     def _seconds(self, timestamp: int | None) -> float | None:
         return None if timestamp is None else (timestamp - self.bag.start_time) / 1e9
@@ -383,7 +420,7 @@ class _Evaluation:
             'path': str(self.options.bag),
             'storage': bag.storage,
             'start_time': bag.start_time,
-            'duration_s': (bag.end_time - bag.start_time) / 1e9,
+            'duration_s': bag.duration_s,
             'topics': {name: {'type': info.msgtype, 'count': info.count}
                        for name, info in bag.topics.items()},
             'notes': bag.notes,
@@ -401,6 +438,9 @@ class _Evaluation:
             'wall_time_s': wall,
             'frames_per_second': frames / wall if wall > 0 else 0.0,
             'output_bag': None if self.output_bag is None else 'bag',
+            'outputs': list(self.options.outputs) if self.output_bag is not None else [],
+            'output_bag_bytes': _folder_bytes(self.options.out / 'bag') if self.output_bag else None,
+            'memory': self.memory,
         }
 
     def _ground_truth_info(self) -> dict[str, Any] | None:
@@ -410,8 +450,14 @@ class _Evaluation:
         if stream.label_topic:
             source = f'topic {stream.label_topic[0]} for {stream.label_topic[1]}'
         else:
-            source = f'folder {stream.label_folder.folder} (by frame {stream.label_folder.match})'
-        return {'label_set': stream.gt_labels.name, 'source': source}
+            source = f'folder {stream.label_folder.folder} (by {stream.label_folder.describe()})'
+        return {'label_set': stream.gt_labels.name, 'source': source, 'camera': stream.gt_camera,
+                'requested': self.options.gt_dir is not None or self.options.gt_topic is not None,
+                'label_ignore': list(stream.label_ignore), 'labels': stream.labels.summary()}
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob('*') if path.is_file())
 
 
 def _model_info(segmenter: Segmenter, path: Path) -> dict[str, Any]:
@@ -421,5 +467,4 @@ def _model_info(segmenter: Segmenter, path: Path) -> dict[str, Any]:
 
 
 def _problems(problems: TopicProblems) -> dict[str, Any]:
-    return {'skipped': problems.skipped, 'skip_reason': problems.first_reason,
-            'label_problems': problems.label_problems, 'first_label_problem': problems.first_label_problem}
+    return {'skipped': problems.skipped, 'skip_reason': problems.first_reason}

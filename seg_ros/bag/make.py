@@ -5,12 +5,18 @@ fixed rate, each at bag time = header stamp. Label PNGs (single-channel class in
 ignore) go on a label topic beside the camera with the same stamps, and the bag's
 ``metadata.yaml`` names their label set, so ``seg-bag`` finds and scores them without options.
 Label files are matched to frames by name: the image's own file name for an image folder, the
-number at the end of the file name (the frame index) for a video.
+number at the end of the file name (the frame index) for a video. From an image folder each
+frame's file name goes on ``<ns>/file_name`` too, so ``seg-bag --gt-dir`` can match labels by name.
+
+The bag is written in a temporary folder beside ``--out`` and renamed to it only when complete:
+a failed or interrupted run leaves nothing that looks like a bag.
 """
 
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,12 +27,20 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..labels import IGNORE_INDEX, LabelSet, get_label_set
+from ..labels import LabelSet, get_label_set
 from ..sources import BagSource, FrameSource, ImageFolderSource, SourceError, VideoSource, open_source
-from .frames import LABEL_SET_KEY, LabelFolder, check_label, read_label_png
-from .messages import IMAGE, compressed_message, header_message, image_message, serialize
+from .frames import (
+    FILE_NAME_TOPIC,
+    LABEL_SET_KEY,
+    LabelFolder,
+    check_ignore_values,
+    check_label,
+    ignore_values,
+    read_label_png,
+)
+from .messages import IMAGE, STRING, compressed_message, header_message, image_message, serialize, string_message
 from .reader import BagError
-from .writer import OutputBag
+from .writer import CAMERA_QOS, OutputBag
 
 __all__ = ['ENCODINGS', 'MakeOptions', 'make_bag']
 
@@ -50,8 +64,8 @@ class MakeOptions:
     labels: Path | None = None
     label_topic: str | None = None
     label_set: str = 'camvid11'
-    label_ignore: int | None = None
-    """A label value written as 255 (ignore), e.g. 11 for CamVid's void."""
+    label_ignore: tuple[int, ...] = ()
+    """Label values written as 255 (ignore), e.g. 11 for CamVid's void."""
     storage: str = 'mcap'
     start_time: float | None = None
     """Header stamp of the first frame, seconds since the epoch; default now."""
@@ -92,8 +106,7 @@ def _check(options: MakeOptions) -> None:
         raise ValueError(f'--max-frames {options.max_frames} must be at least 1')
     if not options.topic.startswith('/'):
         raise ValueError(f'--topic {options.topic!r} must be an absolute topic name (start with /)')
-    if options.label_ignore is not None and not 0 <= options.label_ignore <= 255:
-        raise ValueError(f'--label-ignore {options.label_ignore} is not a uint8 label value')
+    check_ignore_values(options.label_ignore)
     if options.labels is not None and not options.labels.is_dir():
         raise BagError(f'label folder {options.labels}: no such folder')
     if options.out.exists():
@@ -109,15 +122,25 @@ def _image_message(rgb: np.ndarray, header: Any, options: MakeOptions) -> Any:
 
 def _label_message(label: np.ndarray, header: Any, options: MakeOptions, labels: LabelSet,
                    shape: tuple[int, ...]) -> Any:
-    if options.label_ignore is not None:
-        label = np.where(label == options.label_ignore, IGNORE_INDEX, label).astype(np.uint8)
+    label = ignore_values(label, options.label_ignore)
     check_label(label, labels, shape)
     return image_message(label, 'mono8', header)
 
 
 def make_bag(options: MakeOptions) -> dict[str, Any]:
-    """Write the bag; returns its path, topics, frame count, labelled frame count and rate."""
+    """Write the bag atomically; returns its path, topics, frame count, labelled frame count and rate."""
     _check(options)
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{options.out.name}.', suffix='.partial', dir=options.out.parent))
+    try:
+        summary = _write_bag(options, staging / options.out.name)
+        (staging / options.out.name).rename(options.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**summary, 'path': str(options.out)}
+
+
+def _write_bag(options: MakeOptions, path: Path) -> dict[str, Any]:
     labels = get_label_set(options.label_set) if options.labels is not None else None
     source = open_source(options.source)
     if isinstance(source, BagSource):
@@ -131,7 +154,9 @@ def make_bag(options: MakeOptions) -> dict[str, Any]:
     label_topic = options.label_topic or f'{camera.rpartition("/")[0]}/labels'
     start = round((time.time() if options.start_time is None else options.start_time) * 1e9)
     label_stream = _labels(options, source) if labels is not None else None
-    bag = OutputBag(options.out, options.storage)
+    files = iter(source.files) if isinstance(source, ImageFolderSource) else None
+    name_topic = f'{camera.rpartition("/")[0]}/{FILE_NAME_TOPIC}'
+    bag = OutputBag(path, options.storage)
     frames = labelled = 0
     try:
         with tqdm(total=options.max_frames, unit='frame', disable=not options.progress) as progress:
@@ -139,7 +164,9 @@ def make_bag(options: MakeOptions) -> dict[str, Any]:
                 stamp = start + round((frames - 1) * 1e9 / rate)
                 header = header_message(stamp, options.frame_id)
                 msg = _image_message(rgb, header, options)
-                bag.write(topic, msg.__msgtype__, stamp, serialize(msg))
+                bag.write(topic, msg.__msgtype__, stamp, serialize(msg), [CAMERA_QOS])
+                if files is not None:
+                    bag.write(name_topic, STRING, stamp, serialize(string_message(next(files).name)))
                 label = next(label_stream) if label_stream is not None else None
                 if label is not None:
                     try:
@@ -155,5 +182,5 @@ def make_bag(options: MakeOptions) -> dict[str, Any]:
             bag.set_custom_data(LABEL_SET_KEY, labels.name)
     finally:
         bag.close()
-    return {'path': str(options.out), 'frames': frames, 'labelled': labelled, 'rate': rate,
-            'topics': [topic, *([label_topic] if labelled else [])]}
+    return {'frames': frames, 'labelled': labelled, 'rate': rate,
+            'topics': [topic, *([label_topic] if labelled else []), *([name_topic] if files is not None else [])]}

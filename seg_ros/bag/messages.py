@@ -18,9 +18,9 @@ from ..outputs import stats_dimensions, stats_table
 if TYPE_CHECKING:
     from ..inference import SegmentationResult
 
-__all__ = ['COMPRESSED_IMAGE', 'IMAGE', 'IMAGE_TYPES', 'STATS', 'TYPESTORE',
+__all__ = ['COMPRESSED_IMAGE', 'IMAGE', 'IMAGE_TYPES', 'STATS', 'STRING', 'TYPESTORE',
            'compressed_message', 'decode_image', 'decode_label', 'deserialize', 'header_message',
-           'image_message', 'serialize', 'stamp_ns', 'stats_message']
+           'image_message', 'serialize', 'stamp_ns', 'stats_message', 'string_message']
 
 # Image, CompressedImage, Header and Float32MultiArray are the same in every ROS 2 distribution.
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
@@ -30,12 +30,14 @@ COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 STATS = 'std_msgs/msg/Float32MultiArray'
 """Columns of a stats message; its rows are the classes (the node's ``stats`` layout)."""
+STRING = 'std_msgs/msg/String'
 
 _Image = TYPESTORE.types[IMAGE]
 _CompressedImage = TYPESTORE.types[COMPRESSED_IMAGE]
 _Header = TYPESTORE.types['std_msgs/msg/Header']
 _Time = TYPESTORE.types['builtin_interfaces/msg/Time']
 _Float32MultiArray = TYPESTORE.types[STATS]
+_String = TYPESTORE.types[STRING]
 _MultiArrayLayout = TYPESTORE.types['std_msgs/msg/MultiArrayLayout']
 _MultiArrayDimension = TYPESTORE.types['std_msgs/msg/MultiArrayDimension']
 
@@ -92,3 +94,7 @@ def stats_message(result: SegmentationResult) -> Any:
                                     for label, size, stride in stats_dimensions(table.shape[0])],
                                data_offset=0)
     return _Float32MultiArray(layout=layout, data=table.ravel())
+
+
+def string_message(text: str) -> Any:
+    return _String(data=text)

@@ -49,6 +49,8 @@ class TopicInfo:
     msgtype: str
     count: int
     """Messages on the topic, as far as the bag's index or a scan of its readable part tells."""
+    qos: tuple[Any, ...] = ()
+    """The QoS profiles (``rosbags.interfaces.Qos``) its publishers offered, as recorded."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,8 @@ class BagReader:
                 known = topics.get(connection.topic)
                 count = connection.msgcount + (known.count if known else 0)
                 msgtype = known.msgtype if known else connection.msgtype
-                topics[connection.topic] = TopicInfo(connection.topic, msgtype, count)
+                qos = known.qos if known else tuple(getattr(connection.ext, 'offered_qos_profiles', ()))
+                topics[connection.topic] = TopicInfo(connection.topic, msgtype, count, qos)
         return dict(sorted(topics.items()))
 
     @property
@@ -275,6 +278,11 @@ class BagReader:
         """Bag time (ns) just after the last message; 0 for an empty bag."""
         ends = [r.end_time for r in self._readers if r.message_count]
         return max(ends) if ends else 0
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from the first message to the last."""
+        return max(0, self.end_time - 1 - self.start_time) / 1e9 if self.end_time else 0.0
 
     @property
     def custom_data(self) -> dict[str, str]:

@@ -17,7 +17,8 @@ import numpy as np
 from ..labels import LabelSet
 from ..training.evaluate import agg_pyplot
 
-__all__ = ['FrameLog', 'format_markdown', 'plot_class_share', 'plot_confidence', 'write_json']
+__all__ = ['FrameLog', 'format_markdown', 'number_text', 'plot_class_share', 'plot_confidence', 'table_lines',
+           'write_json']
 
 _MAX_PLOT_POINTS = 1000
 
@@ -50,11 +51,11 @@ class FrameLog:
 
 # -- markdown ---------------------------------------------------------------------------------------
 
-def _number(value: float | None, digits: int = 2, scale: float = 1.0) -> str:
+def number_text(value: float | None, digits: int = 2, scale: float = 1.0) -> str:
     return 'n/a' if value is None else f'{value * scale:.{digits}f}'
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table_lines(header: list[str], rows: list[list[str]]) -> list[str]:
     return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header),
             *('| ' + ' | '.join(row) + ' |' for row in rows), '']
 
@@ -76,10 +77,19 @@ def _bag_section(report: dict[str, Any]) -> list[str]:
     lines += [f'- {note}' for note in bag['notes']] + ([''] if bag['notes'] else [])
     rows = [[f'`{name}`', m['model'], m['label_set'], f'{m["input_size"][0]}x{m["input_size"][1]}',
              f'`{m["checkpoint"]}`'] for name, m in report['models'].items()]
-    lines += ['## Models', '', *_table(['name', 'network', 'classes', 'input', 'checkpoint'], rows)]
+    lines += ['## Models', '', *table_lines(['name', 'network', 'classes', 'input', 'checkpoint'], rows)]
     gt = report['ground_truth']
     if gt:
-        lines += [f'Ground truth: {gt["source"]}, classes {gt["label_set"]}.', '']
+        labels = gt['labels']
+        ignored = f', values {gt["label_ignore"]} read as ignore' if gt['label_ignore'] else ''
+        lines += [f'Ground truth: {gt["source"]}, classes {gt["label_set"]}{ignored}: {labels["used"]} of '
+                  f'{labels["offered"]} label image(s) used.', '']
+        lines += [f'- **Not used**: {warning}' for warning in labels['warnings']]
+        lines += [''] if labels['warnings'] else []
+    if run['output_bag']:
+        size = run['output_bag_bytes'] / 2**20
+        per_frame = f', {size / run["frames"]:.3f} MiB per frame' if run['frames'] else ''
+        lines += [f'Output bag `bag/` ({", ".join(run["outputs"])}): {size:.2f} MiB{per_frame}.', '']
     lines += ['Units: IoU and agreement in %; shares, confidence and stability as fractions; '
               'entropy in nats.', '']
     return lines
@@ -87,29 +97,26 @@ def _bag_section(report: dict[str, Any]) -> list[str]:
 
 def _topic_section(topic: str, camera: dict[str, Any]) -> list[str]:
     labelled = f', {camera["frames_with_ground_truth"]} with ground truth' if camera['ground_truth'] else ''
-    rate = _number(camera['rate_hz'])
+    rate = number_text(camera['rate_hz'])
     lines = [f'## {topic}', '', f'{camera["frames"]} frames at {rate} Hz{labelled}.', '']
     if camera['skipped']:
         lines += [f'Skipped {camera["skipped"]} message(s) that could not be decoded; the first: '
                   f'{camera["skip_reason"]}', '']
-    if camera['label_problems']:
-        lines += [f'{camera["label_problems"]} label image(s) not used; the first: '
-                  f'{camera["first_label_problem"]}', '']
     for name, count in camera['segmentation_errors'].items():
         lines += [f'`{name}` failed on {count} frame(s).', '']
     models = camera['models']
-    rows = [[f'`{name}`', str(m['frames']), _number(m['mean_confidence'], 3), _number(m['mean_entropy'], 3),
-             _number(m['stability'], 3)] for name, m in models.items()]
-    lines += _table(['model', 'frames', 'confidence', 'entropy', 'stability'], rows)
+    rows = [[f'`{name}`', str(m['frames']), number_text(m['mean_confidence'], 3), number_text(m['mean_entropy'], 3),
+             number_text(m['stability'], 3)] for name, m in models.items()]
+    lines += table_lines(['model', 'frames', 'confidence', 'entropy', 'stability'], rows)
     for name, m in models.items():
-        rows = [[class_name, _number(share, 2, 100.0), _number(m['class_confidence'][class_name], 3)]
+        rows = [[class_name, number_text(share, 2, 100.0), number_text(m['class_confidence'][class_name], 3)]
                 for class_name, share in m['class_share'].items()]
-        lines += [f'### `{name}`: class share', '', *_table(['class', 'share %', 'confidence'], rows)]
+        lines += [f'### `{name}`: class share', '', *table_lines(['class', 'share %', 'confidence'], rows)]
     if camera['agreement']:
-        rows = [[f'`{a["reference"]}`', f'`{a["other"]}`', a['label_set'], _number(a['pixel_agreement']),
-                 _number(a['miou'])] for a in camera['agreement']]
+        rows = [[f'`{a["reference"]}`', f'`{a["other"]}`', a['label_set'], number_text(a['pixel_agreement']),
+                 number_text(a['miou'])] for a in camera['agreement']]
         lines += ['### Agreement between models', '',
-                  *_table(['reference', 'other', 'compared in', 'pixels agreeing %', 'mIoU %'], rows)]
+                  *table_lines(['reference', 'other', 'compared in', 'pixels agreeing %', 'mIoU %'], rows)]
     for pair in camera['not_compared']:
         lines += [f'`{pair["reference"]}` and `{pair["other"]}` not compared: {pair["reason"]}', '']
     if camera['ground_truth']:
@@ -124,13 +131,13 @@ def _topic_section(topic: str, camera: dict[str, Any]) -> list[str]:
 def _ground_truth_table(scores: dict[str, dict[str, Any]]) -> list[str]:
     names = list(scores)
     classes = list(dict.fromkeys(c for s in scores.values() for c in s['per_class_iou']))
-    rows = [[class_name, *(_number(scores[n]['per_class_iou'].get(class_name)) for n in names)]
+    rows = [[class_name, *(number_text(scores[n]['per_class_iou'].get(class_name)) for n in names)]
             for class_name in classes]
-    rows += [['**mIoU**', *(f'**{_number(scores[n]["miou"])}**' for n in names)],
-             ['pixel accuracy', *(_number(scores[n]['pixel_accuracy']) for n in names)],
+    rows += [['**mIoU**', *(f'**{number_text(scores[n]["miou"])}**' for n in names)],
+             ['pixel accuracy', *(number_text(scores[n]['pixel_accuracy']) for n in names)],
              ['scored in', *(scores[n]['label_set'] for n in names)],
              ['frames', *(str(scores[n]['frames']) for n in names)]]
-    return ['### Against ground truth (IoU %)', '', *_table(['class', *(f'`{n}`' for n in names)], rows)]
+    return ['### Against ground truth (IoU %)', '', *table_lines(['class', *(f'`{n}`' for n in names)], rows)]
 
 
 def format_markdown(report: dict[str, Any]) -> str:

@@ -132,4 +132,7 @@ class GroundTruthScore(_MappedConfusion):
     def summary(self) -> dict[str, Any]:
         """``seg-eval``'s scores (``training.evaluate.summarize``), with the label set and frame count."""
         scores = summarize(self.confusion, self.common)
-        return {'label_set': self.common.name, 'frames': self.frames, **scores}
+        # Ground-truth pixels per class whose prediction has no class in the common set: with the
+        # matrix, what pooling runs needs (ConfusionMatrix.add_counts).
+        return {'label_set': self.common.name, 'frames': self.frames, **scores,
+                'missed': self.confusion.missed.tolist()}

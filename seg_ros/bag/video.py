@@ -1,4 +1,4 @@
-"""Pictures of the input beside each model's result: the side-by-side video and the mosaic PNG.
+"""Pictures of the input beside each model's result: the side-by-side H.264 video and the mosaic PNG.
 
 ``SideBySide`` lays out panels of one height in a row, the panel's title above it and its class
 legend (colour swatch and name per class) below. The video holds one such row per frame; the
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
@@ -133,32 +135,48 @@ class SideBySide:
 
 
 class VideoFile:
-    """An MPEG-4 video written frame by frame (opened at the first frame, whose size it keeps)."""
+    """An H.264 MP4 that browsers and GitHub play, written frame by frame (PyAV's own FFmpeg).
+
+    yuv420p (the chroma layout every browser decodes), even width and height, and the index at the
+    start of the file (``faststart``) so it plays while it loads. Opened at the first frame, whose
+    size it keeps.
+    """
+
+    CRF = 23  # x264's default quality: sharp edges of colour masks stay readable
 
     def __init__(self, path: str | Path, fps: float) -> None:
         if not fps > 0:
             raise ValueError(f'video frame rate {fps} must be positive')
         self.path, self.fps = Path(path), float(fps)
         self.frames = 0
-        self._writer: cv2.VideoWriter | None = None
+        self._container: av.container.OutputContainer | None = None
+        self._stream: av.VideoStream | None = None
         self._size: tuple[int, int] | None = None
 
+    def _open(self, width: int, height: int) -> None:
+        self._size = (max(2, width // 2 * 2), max(2, height // 2 * 2))
+        self._container = av.open(str(self.path), 'w', format='mp4', options={'movflags': '+faststart'})
+        self._stream = self._container.add_stream(
+            'libx264', rate=Fraction(self.fps).limit_denominator(1001),
+            options={'crf': str(self.CRF), 'preset': 'veryfast'})
+        self._stream.width, self._stream.height = self._size
+        self._stream.pix_fmt = 'yuv420p'
+
     def write(self, rgb: np.ndarray) -> None:
-        if self._writer is None:
-            self._size = (rgb.shape[1], rgb.shape[0])
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*'mp4v'), self.fps,
-                                           self._size)
-            if not self._writer.isOpened():
-                raise OSError(f'video {self.path}: OpenCV cannot write MPEG-4 (mp4v) here')
-        if (rgb.shape[1], rgb.shape[0]) != self._size:
-            rgb = cv2.resize(rgb, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        if self._container is None:
+            self._open(rgb.shape[1], rgb.shape[0])
+        width, height = self._size
+        if rgb.shape[1] < width or rgb.shape[0] < height or rgb.shape[1] > width + 1 or rgb.shape[0] > height + 1:
+            rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:height, :width]), format='rgb24')
+        self._container.mux(self._stream.encode(frame))
         self.frames += 1
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        if self._container is not None:
+            self._container.mux(self._stream.encode(None))  # the frames the encoder still holds
+            self._container.close()
+            self._container = None
 
 
 class MosaicRows:

@@ -249,9 +249,9 @@ def mcap_chunks(data: bytes | bytearray) -> list[tuple[int, int]]:
 
 
 def recorded_bag(folder: Path, checksums: bool) -> Path:
-    """An MCAP bag of grey frames; with ``checksums`` its chunks carry them, as ``ros2 bag record``
-    writes them (rosbags leaves them 0, which means 'not computed')."""
-    bag = OutputBag(folder, 'mcap')
+    """An MCAP bag of grey frames in uncompressed chunks; with ``checksums`` they carry them, as
+    ``ros2 bag record`` writes them (rosbags leaves them 0, which means 'not computed')."""
+    bag = OutputBag(folder, 'mcap', compress_chunks=False)
     for index in range(FRAMES):
         time = START + index * 100_000_000
         frame = np.full((HEIGHT, WIDTH, 3), 20 * index, np.uint8)
