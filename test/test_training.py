@@ -121,6 +121,7 @@ def test_overrides_set_dotted_keys_with_yaml_values():
     ('train.precision=fp8', "'train.precision': needs auto or one of fp32, fp16, bf16"),
     ('train.channels_last=maybe', "'train.channels_last': needs auto, true or false"),
     ('data.cache=sometimes', "'stages.0.data.cache': needs auto, true or false"),
+    ('train.compile=often', "'train.compile': needs auto, true or false"),
     ('augment.scale_range=[2, 1]', "'stages.0.augment.scale_range'"),
     ('train.epochs=5', "'train.epochs': is 5 but the recipe lists stages"),
     ('data.root', 'is not key=value'),
@@ -281,6 +282,16 @@ def test_auto_precision_times_the_candidates_and_a_resume_keeps_the_choice(tmp_p
         resumed = Trainer(tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=2', *overrides), resume=True)
     assert resumed.step_choice.settings == trainer.step_choice.settings
     assert 'chosen when the run started' in caplog.text and resumed.step_choice.timings == {}
+
+
+def test_compile_auto_is_off_without_a_trial_for_a_run_too_short_to_repay_it(tmp_path, few_shapes_root, one_thread,
+                                                                            caplog):
+    with caplog.at_level(logging.INFO, logger='seg_ros.training.trainer'):
+        trainer = Trainer(tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=1', 'train.deterministic=false'))
+    assert trainer.compile is False
+    assert 'torch.compile: off (eager run ~0 min: too short to repay a compile)' in caplog.text
+    trainer.fit()
+    assert load_checkpoint(tmp_path / 'run' / 'last.pt').training['compile'] is False
 
 
 def test_deterministic_runs_resolve_auto_to_fp32_without_timing(tmp_path, few_shapes_root, one_thread):

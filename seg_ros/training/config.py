@@ -83,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
         'batch_size': 8,         # per process; torchrun multiplies it by the number of processes
         'precision': 'auto',     # auto (the fastest measured) | fp32 | fp16 (autocast + scaler) | bf16 (autocast)
         'channels_last': 'auto',  # auto (the fastest measured, with precision) | true | false
-        'compile': False,        # torch.compile the network for training
+        'compile': 'auto',       # torch.compile: auto (timed, on runs long enough to repay it) | true | false
         'seed': 0,
         'deterministic': False,  # deterministic algorithms, for bit-exact runs and resumes
         'device': 'auto',        # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
@@ -368,7 +368,9 @@ def validate_recipe(recipe: dict[str, Any]) -> None:
         raise _fail('train.precision', f'needs auto or one of {", ".join(PRECISIONS)}, got {train["precision"]!r}')
     if train['channels_last'] != 'auto' and not isinstance(train['channels_last'], bool):
         raise _fail('train.channels_last', f'needs auto, true or false, got {train["channels_last"]!r}')
-    for key in ('compile', 'deterministic'):
+    if train['compile'] != 'auto' and not isinstance(train['compile'], bool):
+        raise _fail('train.compile', f'needs auto, true or false, got {train["compile"]!r}')
+    for key in ('deterministic',):
         if not isinstance(train[key], bool):
             raise _fail(f'train.{key}', f'needs true or false, got {train[key]!r}')
     _check_int(train['seed'], 'train.seed', minimum=0)

@@ -7,23 +7,26 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from seg_ros.data import DatasetError, SegmentationDataset, build_dataset, class_frequencies, validate_dataset
 from seg_ros.data.memory import BatchAugment, FramesInMemory, InMemoryLoader, PerFrameAugment, memory_budget_bytes
 from seg_ros.labels import LabelSet
 from seg_ros.training.config import Stage
 from seg_ros.training.evaluate import check_same_classes
+from seg_ros.training.losses import Criterion
 from seg_ros.training.processes import seed_worker
+from seg_ros.training.schedules import LRSchedule
 
-__all__ = ['LazyClassFrequencies', 'SplitCache', 'check_datasets', 'describe_feeding', 'open_dataset',
-           'recipe_datasets', 'resize_target', 'resolve_num_workers', 'train_loader']
+__all__ = ['LazyClassFrequencies', 'SplitCache', 'StageRun', 'check_datasets', 'describe_feeding', 'open_dataset',
+           'recipe_datasets', 'remaining_steps', 'resize_target', 'resolve_num_workers', 'train_loader']
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +165,27 @@ def check_datasets(stages: Sequence[Stage], *, read_files: bool) -> tuple[LabelS
             log.info('checking every file of %r', dataset)
             problems += validate_dataset(dataset)
     return labels, problems
+
+
+def remaining_steps(stages: Sequence[Stage], position: tuple[int, int]) -> int:
+    """Optimiser steps a run has left from ``position`` (stage index, epochs done in it)."""
+    def steps_per_epoch(stage: Stage) -> int:
+        return len(open_dataset(stage.data, stage.data['train_split'])) // stage.batch_size
+
+    first, done = position
+    return sum(steps_per_epoch(s) * s.epochs for s in stages[first:]) - done * steps_per_epoch(stages[first])
+
+
+@dataclass
+class StageRun:
+    """What one stage trains with."""
+
+    stage: Stage
+    loader: DataLoader | InMemoryLoader
+    sampler: DistributedSampler
+    val_loader: DataLoader | None
+    criterion: Criterion
+    forward_options: dict[str, Any]
+    unused: list[str] = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: LRSchedule | None = None

@@ -31,6 +31,7 @@ from ..models import build_model
 from .evaluate import autocast_context
 
 __all__ = ['StepChoice', 'StepSettings', 'candidate_settings', 'choose_step_settings', 'compare_trainers',
+           'compile_pays',
            'fastest_of', 'images_per_second', 'mixed_precision_of', 'step_timer', 'training_step']
 
 
@@ -211,3 +212,38 @@ def compare_trainers(network: str, dataset: SegmentationDataset, device: torch.d
          'data': f'in memory, {"per batch on the GPU" if on_device else "per frame (OpenCV)"}',
          'images_per_s': now, 'speedup': now / before, 'step_seconds': choice.timings},
     ]
+
+
+# A compile trial costs minutes on a CPU (ENet: 159 s on 2 cores): only runs whose eager steps add up
+# to this much are worth one.
+COMPILE_TRIAL_MIN_RUN_S = 3600.0
+
+
+def compile_pays(net: nn.Module, settings: StepSettings, device: torch.device, *, batch: int, crop: Sequence[int],
+                 num_classes: int, run_steps: int, eager_step_s: float | None = None) -> tuple[bool, str]:
+    """Whether ``torch.compile`` makes this run faster: timed on a copy of ``net`` when the run's eager
+    steps (``eager_step_s`` each; timed here when None) add up to ``COMPILE_TRIAL_MIN_RUN_S`` or more,
+    kept when the compiled step is faster and the saving over the run exceeds the compile time.
+    Returns the decision and its reason."""
+    if eager_step_s is None:
+        eager = step_timer(copy.deepcopy(net), settings, device, batch=batch, crop=crop, num_classes=num_classes)
+        eager_step_s = fastest_of({'eager': eager}, device)['eager']
+    eager_run_s = run_steps * eager_step_s
+    if eager_run_s < COMPILE_TRIAL_MIN_RUN_S:
+        return False, f'eager run ~{eager_run_s / 60:.0f} min: too short to repay a compile'
+    cpu_rng = torch.get_rng_state()
+    try:
+        started = time.perf_counter()
+        step = step_timer(torch.compile(copy.deepcopy(net)), settings, device, batch=batch, crop=crop,
+                          num_classes=num_classes)
+        step()
+        compile_s = time.perf_counter() - started
+        compiled_step_s = fastest_of({'compiled': step}, device)['compiled']
+    except Exception as exc:  # a backend that cannot compile this network (no compiler, an unsupported op)
+        return False, f'compile failed ({type(exc).__name__}: {str(exc)[:200]})'
+    finally:
+        torch.set_rng_state(cpu_rng)
+    saving_s = run_steps * (eager_step_s - compiled_step_s)
+    reason = (f'step {eager_step_s:.3f} s eager, {compiled_step_s:.3f} s compiled; compiling took {compile_s:.0f} s, '
+              f'saves ~{saving_s / 60:.0f} min over {run_steps} steps')
+    return saving_s > compile_s, reason

@@ -20,7 +20,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ from tqdm import tqdm
 
 from seg_ros.checkpoint import IMAGENET_MEAN, IMAGENET_STD, Checkpoint, load_checkpoint, save_checkpoint
 from seg_ros.data import DatasetError, EvalTransform, TrainTransform, mixup_batch
-from seg_ros.data.memory import InMemoryLoader
 from seg_ros.labels import IGNORE_INDEX, LabelSet
 from seg_ros.models import build_model, count_parameters
 from seg_ros.reporting import clock_duration
@@ -44,15 +43,17 @@ from seg_ros.training.evaluate import autocast_context, evaluate, summarize
 from seg_ros.training.feeding import (
     LazyClassFrequencies,
     SplitCache,
+    StageRun,
     check_datasets,
     describe_feeding,
     open_dataset,
+    remaining_steps,
     resize_target,
     resolve_num_workers,
     train_loader,
 )
 from seg_ros.training.finetune import InitError, load_initial_weights
-from seg_ros.training.losses import Criterion, build_criterion
+from seg_ros.training.losses import build_criterion
 from seg_ros.training.processes import (
     configure_determinism,
     derived_seed,
@@ -61,8 +62,8 @@ from seg_ros.training.processes import (
     start_processes,
 )
 from seg_ros.training.runlog import RunLog, changed_keys, plot_run, provenance, remaining_seconds
-from seg_ros.training.schedules import LRSchedule, build_optimizer, build_scheduler
-from seg_ros.training.speed import StepChoice, StepSettings, choose_step_settings
+from seg_ros.training.schedules import build_optimizer, build_scheduler
+from seg_ros.training.speed import StepChoice, StepSettings, choose_step_settings, compile_pays
 
 __all__ = ['BEST', 'LAST', 'Trainer', 'TrainingError']
 
@@ -73,21 +74,6 @@ LAST, BEST, RECIPE = 'last.pt', 'best.pt', 'recipe.yaml'
 
 class TrainingError(RuntimeError):
     """A run that cannot start or go on; the message says why and what to do."""
-
-
-@dataclass
-class StageRun:
-    """What one stage trains with."""
-
-    stage: Stage
-    loader: DataLoader | InMemoryLoader
-    sampler: DistributedSampler
-    val_loader: DataLoader | None
-    criterion: Criterion
-    forward_options: dict[str, Any]
-    unused: list[str] = field(default_factory=list)
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: LRSchedule | None = None
 
 
 # -- the trainer --------------------------------------------------------------------------------------
@@ -139,6 +125,8 @@ class Trainer:
         timings = ', '.join(f'{name} {seconds:.3f} s' for name, seconds in self.step_choice.timings.items())
         log.info('training step: %s (%s%s)', self.step_choice.settings, self.step_choice.reason,
                  f'; seconds per step: {timings}' if timings else '')
+        self.compile, compile_reason = self._decide_compile()
+        log.info('torch.compile: %s (%s)', 'on' if self.compile else 'off', compile_reason)
         self.precision = self.step_choice.settings.precision
         self.memory_format = (torch.channels_last if self.step_choice.settings.channels_last
                               else torch.contiguous_format)
@@ -194,16 +182,32 @@ class Trainer:
                                            False if channels_last == 'auto' else channels_last),
                               reason='deterministic run: auto is fp32, NCHW')
         stage = self.stages[min(self.position[0], len(self.stages) - 1)]
-        choice = None
-        if self.procs.is_main:
-            choice = choose_step_settings(self.net, self.device, batch=stage.batch_size,
-                                          crop=stage.augment['crop_size'], num_classes=self.labels.num_classes,
-                                          precision=precision, channels_last=channels_last)
-        if self.procs.distributed:  # every process must train with the same numbers
-            shared = [choice]
+        return self._agreed(lambda: choose_step_settings(
+            self.net, self.device, batch=stage.batch_size, crop=stage.augment['crop_size'],
+            num_classes=self.labels.num_classes, precision=precision, channels_last=channels_last))
+
+    def _decide_compile(self) -> tuple[bool, str]:
+        """``train.compile``, with ``auto`` decided by ``compile_pays`` (a resumed run keeps its decision)."""
+        requested = self.train_cfg['compile']
+        saved = (self._resume_training_state or {}).get('compile')
+        if requested != 'auto':
+            return requested, 'train.compile'
+        if saved is not None:
+            return saved, f'decided when the run started ({self.resume_path})'
+        if self.train_cfg['deterministic']:
+            return False, 'deterministic run'
+        stage, settings = self.stages[self.position[0]], self.step_choice.settings
+        return self._agreed(lambda: compile_pays(
+            self.net, settings, self.device, batch=stage.batch_size, crop=stage.augment['crop_size'],
+            num_classes=self.labels.num_classes, run_steps=remaining_steps(self.stages, self.position),
+            eager_step_s=self.step_choice.timings.get(str(settings))))
+
+    def _agreed(self, decide: Callable[[], Any]) -> Any:
+        """``decide()`` on the main process, shared with the others: every process must train alike."""
+        shared = [decide() if self.procs.is_main else None]
+        if self.procs.distributed:
             dist.broadcast_object_list(shared, src=0)
-            choice = shared[0]
-        return choice
+        return shared[0]
 
     def _input_size(self) -> tuple[int, int]:
         """The resolution the checkpoint declares: what validation feeds the network."""
@@ -329,6 +333,7 @@ class Trainer:
             'world_size': self.procs.world_size,
             'step_settings': {'precision': self.precision,
                               'channels_last': self.memory_format == torch.channels_last},
+            'compile': self.compile,
         }
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -366,7 +371,7 @@ class Trainer:
                             'parameters': count_parameters(self.net),
                             'step_settings': {'precision': self.precision,
                                               'channels_last': self.memory_format == torch.channels_last,
-                                              'compile': self.train_cfg['compile'],
+                                              'compile': self.compile,
                                               'reason': self.step_choice.reason,
                                               'seconds_per_step': self.step_choice.timings}})
             log.info('%s: %d parameters, %d process(es) on %s, output %s', self.recipe['model']['name'],
@@ -429,7 +434,7 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == 'cuda' else None
             model = DistributedDataParallel(self.net, device_ids=device_ids,
                                             find_unused_parameters=bool(run.unused))
-        if self.train_cfg['compile']:
+        if self.compile:
             model = torch.compile(model)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == 'fp16')
         if done:
