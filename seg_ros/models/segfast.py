@@ -49,8 +49,8 @@ from torch import nn
 from ._base import SegmentationNet
 from ._registry import register_model
 
-__all__ = ['ConvUnit', 'DecoderBlock', 'DepthwiseUpsample', 'FireModule', 'SegFast', 'SeparableConv', 'SeparableTransposedConv',
-           'SparkModule', 'segfast', 'segfast_basic']
+__all__ = ['ConvUnit', 'DecoderBlock', 'DepthwiseUpsample', 'FireModule', 'SegFast', 'SeparableConv',
+           'SeparableTransposedConv', 'SparkModule', 'segfast', 'segfast_basic']
 
 _STEM_CHANNELS = 64
 # Encoder blocks 2-4 (block 1 is the stem convolution), SqueezeNet 1.1's fire modules 2-9:
@@ -103,11 +103,12 @@ class DepthwiseUpsample(nn.ConvTranspose2d):
             kernel = kernel * input_scale.view(channels, 1, 1)
         if x.is_contiguous(memory_format=torch.channels_last):
             # Nearest upsampling keeps channels last; its (N, H, k, W, k, C) view times the kernel as
-            # (k, 1, k, C) then writes the output in that order (a broadcast of x itself would not).
+            # (k, 1, k, C) then writes the output in that order (a broadcast of x itself would not,
+            # nor would permuted, non-contiguous kernel and bias: the output follows their strides).
             patches = F.interpolate(x, scale_factor=float(k), mode='nearest').permute(0, 2, 3, 1)
             patches = patches.reshape(batch, height, k, width, k, channels)
-            out = torch.addcmul(bias.permute(1, 2, 0).reshape(k, 1, k, channels), patches,
-                                kernel.permute(1, 2, 0).reshape(k, 1, k, channels))
+            out = torch.addcmul(bias.permute(1, 2, 0).reshape(k, 1, k, channels).contiguous(), patches,
+                                kernel.permute(1, 2, 0).reshape(k, 1, k, channels).contiguous())
             return out.reshape(batch, height * k, width * k, channels).permute(0, 3, 1, 2)
         # (N, C, H, 1, W, 1) times (C, 1, k, 1, k) is (N, C, H, k, W, k), the output in NCHW order.
         out = torch.addcmul(bias.reshape(channels, 1, k, 1, k), x.reshape(batch, channels, height, 1, width, 1),
