@@ -36,6 +36,13 @@ which no class count affects: its convolution weights alone come to 2,369,344 ag
 the difference is 2,363,008, 320 (the sum of the squeeze widths) above the paper's; a search over
 bias and batch-norm placements found exact matches of both counts only for ad-hoc mixes at 18 or 24
 classes, so the natural reading above is kept.
+
+How the forward runs (the parameters and the logits are those of the plain layers, to float
+rounding): tensors are channels last (oneDNN's depth-wise 3x3 convolution is several times faster
+on them); the depth-wise 2x2 upsampling is a broadcast product (``DepthwiseUpsample``), not
+PyTorch's slow depth-wise transposed convolution; in eval mode the batch norm before a 1x1
+convolution or an upsampling is absorbed by it (``ConvUnit``). Measured against the authors' code
+in docs/BENCHMARKS.md (``python -m seg_ros.segfast_reference``).
 """
 
 from __future__ import annotations
@@ -102,18 +109,31 @@ class DepthwiseUpsample(nn.ConvTranspose2d):
             bias = torch.addcmul(bias, input_shift.view(channels, 1, 1), kernel)
             kernel = kernel * input_scale.view(channels, 1, 1)
         if x.is_contiguous(memory_format=torch.channels_last):
-            # Nearest upsampling keeps channels last; its (N, H, k, W, k, C) view times the kernel as
-            # (k, 1, k, C) then writes the output in that order (a broadcast of x itself would not,
-            # nor would permuted, non-contiguous kernel and bias: the output follows their strides).
-            patches = F.interpolate(x, scale_factor=float(k), mode='nearest').permute(0, 2, 3, 1)
-            patches = patches.reshape(batch, height, k, width, k, channels)
-            out = torch.addcmul(bias.permute(1, 2, 0).reshape(k, 1, k, channels).contiguous(), patches,
-                                kernel.permute(1, 2, 0).reshape(k, 1, k, channels).contiguous())
+            # The output, channels last, is (N, H, k, W, k, C): x as (N, H, 1, W, 1, C) times the kernel
+            # and plus the bias as (k, 1, k, C), contiguous (a broadcast's output follows its operands'
+            # strides).
+            kernel = kernel.permute(1, 2, 0).reshape(k, 1, k, channels).contiguous()
+            bias = bias.permute(1, 2, 0).reshape(k, 1, k, channels).contiguous()
+            if self._records_graph(x, kernel):
+                # Nearest upsampling first, so that the product is written in the output's order.
+                patches = F.interpolate(x, scale_factor=float(k), mode='nearest').permute(0, 2, 3, 1)
+                out = torch.addcmul(bias, patches.reshape(batch, height, k, width, k, channels), kernel)
+            else:
+                # Inference: one pass, straight into the output.
+                pixels = x.permute(0, 2, 3, 1).reshape(batch, height, 1, width, 1, channels)
+                out = torch.addcmul(bias, pixels, kernel, out=x.new_empty(batch, height, k, width, k, channels))
             return out.reshape(batch, height * k, width * k, channels).permute(0, 3, 1, 2)
         # (N, C, H, 1, W, 1) times (C, 1, k, 1, k) is (N, C, H, k, W, k), the output in NCHW order.
         out = torch.addcmul(bias.reshape(channels, 1, k, 1, k), x.reshape(batch, channels, height, 1, width, 1),
                             kernel.reshape(channels, 1, k, 1, k))
         return out.reshape(batch, channels, height * k, width * k)
+
+
+    @staticmethod
+    def _records_graph(x: torch.Tensor, kernel: torch.Tensor) -> bool:
+        """Whether autograd, a tracer or a compiler records the call (none of them takes ``out=``)."""
+        return ((torch.is_grad_enabled() and (x.requires_grad or kernel.requires_grad))
+                or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 class ConvUnit(nn.Sequential):
