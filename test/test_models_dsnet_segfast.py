@@ -193,23 +193,26 @@ def test_depthwise_upsample_is_the_transposed_convolution(memory_format):
         assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-@pytest.mark.parametrize(('kernel_size', 'groups', 'transposed'), [
-    (1, 1, False),  # absorbs its batch norm in eval
-    (2, 6, True),   # absorbs it: depth-wise upsampling
-    (3, 6, False),  # padded: runs it
-    (3, 1, False),
-    (2, 1, True),
+@pytest.mark.parametrize(('kernel_size', 'groups', 'transposed', 'absorbs'), [
+    (1, 1, False, True),
+    (2, 6, True, True),    # depth-wise upsampling
+    (3, 6, False, True),   # padded, depth-wise: the border corrected
+    (3, 1, False, True),   # padded, plain
+    (2, 1, True, False),   # a plain transposed convolution runs its batch norm
 ])
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-def test_conv_unit_in_eval_is_batch_norm_convolution_relu(kernel_size, groups, transposed, memory_format):
+@pytest.mark.parametrize('size', [(9, 11), (1, 1), (1, 2), (2, 1), (3, 3)])
+def test_conv_unit_in_eval_is_batch_norm_convolution_relu(kernel_size, groups, transposed, absorbs,
+                                                          memory_format, size):
     torch.manual_seed(0)
     unit = randomise_batchnorm(ConvUnit(6, 6, kernel_size, stride=kernel_size if transposed else 1,
                                         groups=groups, transposed=transposed)).eval()
+    assert unit.absorbs_norm == absorbs
     norm, conv, _ = unit
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.uniform_(-0.5, 0.5)
-        x = torch.randn(2, 6, 9, 11).contiguous(memory_format=memory_format)
+        x = torch.randn(2, 6, *size).contiguous(memory_format=memory_format)
         if transposed:
             expected = F.conv_transpose2d(norm(x), conv.weight, conv.bias, stride=kernel_size, groups=groups)
         else:

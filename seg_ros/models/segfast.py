@@ -136,13 +136,32 @@ class DepthwiseUpsample(nn.ConvTranspose2d):
                 or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
+def _remove_padding_shift(out: torch.Tensor, taps: torch.Tensor) -> None:
+    """Subtract, in place, what a 3x3 convolution with padding 1 added for the taps on its padding.
+
+    ``taps[o, a, b]`` is what tap (a, b) adds to output channel ``o`` for a constant input: kernel
+    row 0 and row 2 fall on the padding in the first and last output rows, columns 0 and 2 in the
+    first and last columns; a corner tap is subtracted twice at its corner and added back once.
+    """
+    rows, cols = taps.sum(2), taps.sum(1)  # (O, 3): per kernel row, per kernel column
+    out[..., 0, :] -= rows[:, 0, None]
+    out[..., -1, :] -= rows[:, 2, None]
+    out[..., :, 0] -= cols[:, 0, None]
+    out[..., :, -1] -= cols[:, 2, None]
+    out[..., 0, 0] += taps[:, 0, 0]
+    out[..., 0, -1] += taps[:, 0, 2]
+    out[..., -1, 0] += taps[:, 2, 0]
+    out[..., -1, -1] += taps[:, 2, 2]
+
+
 class ConvUnit(nn.Sequential):
     """Batch norm, convolution, ReLU: the order Section 3.1 gives for every convolution.
 
     ``transposed`` makes the convolution a transposed one with ``kernel_size == stride`` (upsampling).
-    In eval mode a 1x1 convolution or a depth-wise upsampling absorbs the batch norm (an affine map
-    per input channel, applied before any padding could matter): the same numbers without a pass over
-    the input. A padded convolution cannot: its zero padding is applied to the normalised input.
+    In eval mode the convolution absorbs the batch norm (an affine map per input channel: scale the
+    weights, carry the shift through them into the bias), which saves a pass over the input. For a
+    padded 3x3 convolution that alone would be wrong on the border, where the original reads the
+    padding's zeros rather than the shift: those taps' shares are taken back out of the border.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, *, stride: int = 1,
@@ -155,19 +174,25 @@ class ConvUnit(nn.Sequential):
             conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
                              padding=kernel_size // 2, groups=groups)
         super().__init__(nn.BatchNorm2d(in_channels), conv, nn.ReLU(inplace=True))
-        self.absorbs_norm = isinstance(conv, DepthwiseUpsample) or (kernel_size == 1 and groups == 1)
+        plain_or_depthwise = groups == 1 or groups == in_channels == out_channels
+        self.absorbs_norm = isinstance(conv, DepthwiseUpsample) or (
+            not transposed and plain_or_depthwise and stride == 1 and kernel_size in (1, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm, conv, activation = self
-        if self.training or not self.absorbs_norm:
+        # A traced graph (ONNX export) keeps the plain layers: its exporter folds what it can itself.
+        if self.training or not self.absorbs_norm or torch.jit.is_tracing():
             return activation(conv(norm(x)))
         scale, shift = _batch_norm_affine(norm)
         if isinstance(conv, DepthwiseUpsample):
             return activation(conv(x, scale, shift))
-        # 1x1: W (s x + t) + b = (W s) x + (W t + b).
-        weight = conv.weight.flatten(1)
-        bias = conv.bias + weight @ shift
-        return activation(conv._conv_forward(x, (weight * scale).view_as(conv.weight), bias))
+        # W (s x + t) + b = (W s) x + (W t + b); weight is (out, in / groups, k, k).
+        per_input = (1, -1, 1, 1) if conv.groups == 1 else (-1, 1, 1, 1)
+        taps = (conv.weight * shift.view(per_input)).sum(1)  # (out, k, k): the shift's share per tap
+        out = conv._conv_forward(x, conv.weight * scale.view(per_input), conv.bias + taps.sum((1, 2)))
+        if conv.padding != (0, 0):
+            _remove_padding_shift(out, taps)
+        return activation(out)
 
 
 class SeparableConv(nn.Sequential):
