@@ -40,9 +40,10 @@ classes, so the natural reading above is kept.
 How the forward runs (the parameters and the logits are those of the plain layers, to float
 rounding): tensors are channels last (oneDNN's depth-wise 3x3 convolution is several times faster
 on them); the depth-wise 2x2 upsampling is a broadcast product (``DepthwiseUpsample``), not
-PyTorch's slow depth-wise transposed convolution; in eval mode the batch norm before a 1x1
-convolution or an upsampling is absorbed by it (``ConvUnit``). Measured against the authors' code
-in docs/BENCHMARKS.md (``python -m seg_ros.segfast_reference``).
+PyTorch's slow depth-wise transposed convolution; in eval mode each convolution absorbs the batch
+norm before it (``ConvUnit``; a padded one with a correction of its border), except SegFast-Basic's
+three plain transposed convolutions. Measured against the authors' code in docs/BENCHMARKS.md
+(``python -m seg_ros.segfast_reference``).
 """
 
 from __future__ import annotations
