@@ -35,8 +35,7 @@ from .export import format_resolution, parse_resolution
 from .fastpath import latencies_ms
 from .labels import CAMVID11
 from .models import build_model, count_parameters
-from .models._base import SegmentationNet
-from .models.segfast import _ENCODER_BLOCKS, _STEM_CHANNELS
+from .models.segfast import SegFast
 
 __all__ = ['AuthorsSegFast', 'AuthorsStyleSegFast', 'main', 'time_side_by_side']
 
@@ -141,7 +140,7 @@ class _Decoder(nn.Module):
         return self.fuse(torch.cat([self.upsample(x), skip], dim=1))
 
 
-class AuthorsStyleSegFast(SegmentationNet):
+class AuthorsStyleSegFast(SegFast):
     """This package's layer table (``seg_ros.models.segfast``: SqueezeNet 1.1's fire sizes, 2x2
     upsampling, skips at 1/8, 1/4, 1/2) built as the authors' code builds its layers: NCHW tensors,
     every convolution followed by batch norm and ReLU, ``nn.ConvTranspose2d`` for the upsampling.
@@ -151,36 +150,25 @@ class AuthorsStyleSegFast(SegmentationNet):
     hundred parameters more or less.
     """
 
-    size_divisor = 16
+    memory_format = torch.contiguous_format
 
     def __init__(self, num_classes: int, *, separable: bool = True) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, _STEM_CHANNELS, 3, stride=2, padding=1), nn.ReLU(inplace=True))
-        self.pool = nn.AvgPool2d(2, stride=2)
-        channels, skips = _STEM_CHANNELS, [_STEM_CHANNELS]
-        self.encoder = nn.ModuleList()
-        for settings in _ENCODER_BLOCKS:
-            modules = []
-            for squeeze, expand1x1, expand3x3 in settings:
-                modules.append(_Spark(channels, squeeze, expand1x1, separable=separable, expand3x3=expand3x3))
-                channels = expand1x1 + expand3x3
-            self.encoder.append(nn.Sequential(*modules))
-            skips.append(channels)
-        skips.pop()
-        self.decoder = nn.ModuleList()
-        for skip in reversed(skips):
-            self.decoder.append(_Decoder(channels, skip, skip, separable=separable))
-            channels = skip
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        features = [self.stem(x)]
+        super().__init__(num_classes, separable=separable)
+        # Each fire or spark module and each decoder block rebuilt at its sizes in the authors' layers.
         for block in self.encoder:
-            features.append(block(self.pool(features[-1])))
-        x = features.pop()
-        for block, skip in zip(self.decoder, reversed(features), strict=True):
-            x = block(x, skip)
-        return F.interpolate(self.classifier(x), scale_factor=2.0, mode='bilinear', align_corners=False)
+            for index, fire in enumerate(block):
+                block[index] = _Spark(fire.squeeze[1].in_channels, fire.squeeze[1].out_channels,
+                                      fire.expand1x1[1].out_channels, separable=separable,
+                                      expand3x3=_convolutions(fire.expand3x3)[-1].out_channels)
+        for index, decoder in enumerate(self.decoder):
+            upsampling, fusion = _convolutions(decoder.upsample), _convolutions(decoder.fuse)
+            out_channels = fusion[-1].out_channels
+            self.decoder[index] = _Decoder(upsampling[0].in_channels, fusion[0].in_channels - out_channels,
+                                           out_channels, separable=separable)
+
+
+def _convolutions(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
 
 
 def time_side_by_side(networks: dict[str, nn.Module], size: tuple[int, int], rounds: int) -> list[dict]:

@@ -257,6 +257,9 @@ class SegFast(SegmentationNet):
     """SegFast (``separable=True``) or SegFast-Basic: logits num_classes x H x W; H and W padded to 16."""
 
     size_divisor = 16
+    # Channels last throughout: oneDNN's depth-wise 3x3 convolution is 4 to 10 times faster on NHWC
+    # than on NCHW tensors (docs/BENCHMARKS.md), and every other layer keeps the format.
+    memory_format = torch.channels_last
 
     def __init__(self, num_classes: int, *, separable: bool = True) -> None:
         super().__init__()
@@ -283,9 +286,7 @@ class SegFast(SegmentationNet):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        # Channels last throughout: oneDNN's depth-wise 3x3 convolution is 4 to 10 times faster on NHWC
-        # than on NCHW tensors (measured in docs/BENCHMARKS.md), and every other layer keeps the format.
-        features = [self.stem(x.contiguous(memory_format=torch.channels_last))]
+        features = [self.stem(x.contiguous(memory_format=self.memory_format))]
         for block in self.encoder:
             features.append(block(self.pool(features[-1])))
         x = features.pop()
