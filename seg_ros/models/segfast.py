@@ -129,7 +129,6 @@ class DepthwiseUpsample(nn.ConvTranspose2d):
                             kernel.reshape(channels, 1, k, 1, k))
         return out.reshape(batch, channels, height * k, width * k)
 
-
     @staticmethod
     def _records_graph(x: torch.Tensor, kernel: torch.Tensor) -> bool:
         """Whether autograd, a tracer or a compiler records the call (none of them takes ``out=``)."""
