@@ -291,6 +291,37 @@ def test_owfl_is_focal_loss_with_normalised_enet_alpha_and_magnitude_gamma():
     assert owfl(logits, target).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_owfl_on_a_hand_computed_case():
+    # Two classes with 950 and 50 pixels: f = (0.95, 0.05).
+    # Eq. 2: w = 1 / ln(f + 1.02) = (1 / ln 1.97, 1 / ln 1.07); alpha = w / max w = (ln 1.07 / ln 1.97, 1).
+    # Eq. 3: gamma = OM(f / min f) = (OM(19), OM(1)) = (1, 0).
+    # Pixel 1, class 0, logits (ln 3, 0): p = 3/4, loss = alpha_0 * (1/4)^1 * ln(4/3).
+    # Pixel 2, class 1, logits (0, 0):    p = 1/2, loss = 1 * (1/2)^0 * ln 2.
+    # Pixel 3 is ignored; eq. 4 is averaged over the two labelled pixels.
+    owfl = ObjectWeightedFocalLoss(class_frequencies=[950, 50])
+    assert owfl.gamma.flatten().tolist() == [1.0, 0.0]
+    alpha_0 = math.log(1.07) / math.log(1.97)
+    assert owfl.alpha.flatten().tolist() == pytest.approx([alpha_0, 1.0], rel=1e-6)
+    logits = torch.tensor([[math.log(3), 0.0], [0.0, 0.0], [5.0, -5.0]]).T.reshape(1, 2, 1, 3)
+    target = torch.tensor([[[0, 1, IGNORE]]])
+    expected = (alpha_0 * 0.25 * math.log(4 / 3) + math.log(2)) / 2
+    assert owfl(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    # Eq. 5, the derivative in p of one pixel's term, at pixel 1 (gamma 1): alpha (ln p - (1 - p) / p).
+    p = torch.tensor(0.75, dtype=torch.float64, requires_grad=True)
+    (-alpha_0 * (1 - p) * torch.log(p)).backward()
+    assert p.grad.item() == pytest.approx(alpha_0 * (math.log(0.75) - 0.25 / 0.75), rel=1e-9)
+
+
+def test_sel_on_a_hand_computed_case():
+    # One image holding classes 0 and 2 of three: t = (1, 0, 1); presence logits s = (0, ln 3, -ln 3).
+    # Sigmoid cross entropy per class (002: "calculated by sigmoid cross entropy"; eq. 7 prints only
+    # its -t log sigmoid(s) half): -ln sigmoid(0) = ln 2; -ln(1 - sigmoid(ln 3)) = ln 4;
+    # -ln sigmoid(-ln 3) = ln 4. Mean over the classes: 5 ln 2 / 3.
+    target = torch.tensor([[[0, 0, 2], [2, IGNORE, 0]]])
+    presence_logits = torch.tensor([[0.0, math.log(3), -math.log(3)]])
+    assert SemanticEncodingLoss()(presence_logits, target).item() == pytest.approx(5 * math.log(2) / 3, rel=1e-6)
+
+
 def test_focal_with_gamma_zero_is_cross_entropy():
     logits, target = batch(seed=9)
     expected = CrossEntropyLoss()(logits, target).item()

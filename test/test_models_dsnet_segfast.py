@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -11,16 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seg_ros.checkpoint import load_checkpoint
 from seg_ros.models import build_model, count_parameters
 from seg_ros.models.dsnet import BasicUnit, ContextEncoding, DownUnit, InitUnit, UpUnit, channel_shuffle
 from seg_ros.models.segfast import (
     ConvUnit,
     DecoderBlock,
+    DepthwiseUpsample,
     FireModule,
     SeparableConv,
     SeparableTransposedConv,
     SparkModule,
 )
+from seg_ros.paths import default_checkpoint
 
 from .support import output_shapes, randomise_batchnorm
 
@@ -168,6 +172,75 @@ def test_segfast_follows_the_paper(name, module):
         assert all(m.groups == 1 for m in spatial)
     upsampling = [m for m in convs if isinstance(m, nn.ConvTranspose2d)]
     assert len(upsampling) == 3 and all(m.kernel_size == m.stride == (2, 2) for m in upsampling)
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_depthwise_upsample_is_the_transposed_convolution(memory_format):
+    torch.manual_seed(0)
+    fast = DepthwiseUpsample(6, 2)
+    plain = nn.ConvTranspose2d(6, 6, 2, stride=2, groups=6)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 6, 5, 7).contiguous(memory_format=memory_format).requires_grad_()
+    out, expected = fast(x), plain(x)
+    assert out.shape == expected.shape == (2, 6, 10, 14)
+    assert torch.allclose(out, expected, atol=1e-6)
+    with torch.inference_mode():  # inference writes the output in one pass: the same numbers
+        assert torch.allclose(fast(x.detach()), expected, atol=1e-6)
+    # Training goes through it too: the same gradients for the input, the kernel and the bias.
+    grad = torch.randn_like(expected)
+    for ours, theirs in zip(torch.autograd.grad(out, (x, fast.weight, fast.bias), grad),
+                            torch.autograd.grad(expected, (x, plain.weight, plain.bias), grad), strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize(('kernel_size', 'groups', 'transposed', 'absorbs'), [
+    (1, 1, False, True),
+    (2, 6, True, True),    # depth-wise upsampling
+    (3, 6, False, True),   # padded, depth-wise: the border corrected
+    (3, 1, False, True),   # padded, plain
+    (2, 1, True, False),   # a plain transposed convolution runs its batch norm
+])
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('size', [(9, 11), (1, 1), (1, 2), (2, 1), (3, 3)])
+def test_conv_unit_in_eval_is_batch_norm_convolution_relu(kernel_size, groups, transposed, absorbs,
+                                                          memory_format, size):
+    torch.manual_seed(0)
+    unit = randomise_batchnorm(ConvUnit(6, 6, kernel_size, stride=kernel_size if transposed else 1,
+                                        groups=groups, transposed=transposed)).eval()
+    assert unit.absorbs_norm == absorbs
+    norm, conv, _ = unit
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+        x = torch.randn(2, 6, *size).contiguous(memory_format=memory_format)
+        if transposed:
+            expected = F.conv_transpose2d(norm(x), conv.weight, conv.bias, stride=kernel_size, groups=groups)
+        else:
+            expected = F.conv2d(norm(x), conv.weight, conv.bias, padding=kernel_size // 2, groups=groups)
+        assert torch.allclose(unit(x), F.relu(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['segfast', 'segfast_basic'])
+def test_shipped_segfast_checkpoints_give_the_plain_layers_logits(name):
+    """The checkpoints trained before the faster layers load as they are and give the logits of the
+    plain PyTorch layers: ConvTranspose2d for the depth-wise upsampling, every batch norm run."""
+    model = load_checkpoint(default_checkpoint(name)).build_model()
+    plain = copy.deepcopy(model)
+    for unit in plain.modules():
+        if isinstance(unit, ConvUnit):
+            unit.absorbs_norm = False
+            if isinstance(unit[1], DepthwiseUpsample):
+                transposed = nn.ConvTranspose2d(unit[1].in_channels, unit[1].out_channels, 2, stride=2,
+                                                groups=unit[1].groups)
+                transposed.load_state_dict(unit[1].state_dict())
+                unit[1] = transposed
+    assert any(isinstance(m, DepthwiseUpsample) for m in model.modules()) == (name == 'segfast')
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 90, 120)
+    with torch.no_grad():
+        logits, expected = model(x), plain(x)
+    assert torch.allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    assert (logits.argmax(1) == expected.argmax(1)).float().mean() > 0.999
 
 
 @pytest.mark.parametrize('name', NETWORKS)

@@ -36,6 +36,14 @@ which no class count affects: its convolution weights alone come to 2,369,344 ag
 the difference is 2,363,008, 320 (the sum of the squeeze widths) above the paper's; a search over
 bias and batch-norm placements found exact matches of both counts only for ad-hoc mixes at 18 or 24
 classes, so the natural reading above is kept.
+
+How the forward runs (the parameters and the logits are those of the plain layers, to float
+rounding): tensors are channels last (oneDNN's depth-wise 3x3 convolution is several times faster
+on them); the depth-wise 2x2 upsampling is a broadcast product (``DepthwiseUpsample``), not
+PyTorch's slow depth-wise transposed convolution; in eval mode each convolution absorbs the batch
+norm before it (``ConvUnit``; a padded one with a correction of its border), except SegFast-Basic's
+three plain transposed convolutions. Measured against the authors' code in docs/BENCHMARKS.md
+(``python -m seg_ros.segfast_reference``).
 """
 
 from __future__ import annotations
@@ -49,8 +57,8 @@ from torch import nn
 from ._base import SegmentationNet
 from ._registry import register_model
 
-__all__ = ['ConvUnit', 'DecoderBlock', 'FireModule', 'SegFast', 'SeparableConv', 'SeparableTransposedConv',
-           'SparkModule', 'segfast', 'segfast_basic']
+__all__ = ['ConvUnit', 'DecoderBlock', 'DepthwiseUpsample', 'FireModule', 'SegFast', 'SeparableConv',
+           'SeparableTransposedConv', 'SparkModule', 'segfast', 'segfast_basic']
 
 _STEM_CHANNELS = 64
 # Encoder blocks 2-4 (block 1 is the stem convolution), SqueezeNet 1.1's fire modules 2-9:
@@ -71,20 +79,120 @@ _ENCODER_BLOCKS: list[Sequence[tuple[int, int, int]]] = [
 ]
 
 
+def _batch_norm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode batch norm as ``x * scale + shift`` per channel."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    return scale, norm.bias - norm.running_mean * scale
+
+
+class DepthwiseUpsample(nn.ConvTranspose2d):
+    """A per-channel transposed convolution whose stride equals its kernel: every input pixel becomes a
+    k x k patch, its value times the channel's k x k kernel, plus the channel's bias.
+
+    The parameters and the numbers of ``nn.ConvTranspose2d(c, c, k, stride=k, groups=c)``, computed as
+    that broadcast product: PyTorch's CPU kernels for a depth-wise transposed convolution (oneDNN's and
+    the fallback) take 5 to 15 times as long. ``forward`` can take an affine map of the input
+    (``input_scale``, ``input_shift`` per channel), which the product absorbs exactly.
+    """
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__(channels, channels, kernel_size, stride=kernel_size, groups=channels)
+
+    def forward(self, x: torch.Tensor, input_scale: torch.Tensor | None = None,
+                input_shift: torch.Tensor | None = None) -> torch.Tensor:
+        # reshape with the traced sizes (not unflatten), so that an ONNX export keeps the size free.
+        batch, channels, height, width = x.shape
+        k = self.kernel_size[0]
+        kernel = self.weight.view(channels, k, k)
+        bias = self.bias.view(channels, 1, 1).expand(channels, k, k)
+        if input_scale is not None:
+            # (s x + t) w + b = x (s w) + (t w + b): the shift becomes a bias per patch position.
+            bias = torch.addcmul(bias, input_shift.view(channels, 1, 1), kernel)
+            kernel = kernel * input_scale.view(channels, 1, 1)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            # The output, channels last, is (N, H, k, W, k, C): x as (N, H, 1, W, 1, C) times the kernel
+            # and plus the bias as (k, 1, k, C), contiguous (a broadcast's output follows its operands'
+            # strides).
+            kernel = kernel.permute(1, 2, 0).reshape(k, 1, k, channels).contiguous()
+            bias = bias.permute(1, 2, 0).reshape(k, 1, k, channels).contiguous()
+            if self._records_graph(x, kernel):
+                # Nearest upsampling first, so that the product is written in the output's order.
+                patches = F.interpolate(x, scale_factor=float(k), mode='nearest').permute(0, 2, 3, 1)
+                out = torch.addcmul(bias, patches.reshape(batch, height, k, width, k, channels), kernel)
+            else:
+                # Inference: one pass, straight into the output.
+                pixels = x.permute(0, 2, 3, 1).reshape(batch, height, 1, width, 1, channels)
+                out = torch.addcmul(bias, pixels, kernel, out=x.new_empty(batch, height, k, width, k, channels))
+            return out.reshape(batch, height * k, width * k, channels).permute(0, 3, 1, 2)
+        # (N, C, H, 1, W, 1) times (C, 1, k, 1, k) is (N, C, H, k, W, k), the output in NCHW order.
+        out = torch.addcmul(bias.reshape(channels, 1, k, 1, k), x.reshape(batch, channels, height, 1, width, 1),
+                            kernel.reshape(channels, 1, k, 1, k))
+        return out.reshape(batch, channels, height * k, width * k)
+
+    @staticmethod
+    def _records_graph(x: torch.Tensor, kernel: torch.Tensor) -> bool:
+        """Whether autograd, a tracer or a compiler records the call (none of them takes ``out=``)."""
+        return ((torch.is_grad_enabled() and (x.requires_grad or kernel.requires_grad))
+                or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def _remove_padding_shift(out: torch.Tensor, taps: torch.Tensor) -> None:
+    """Subtract, in place, what a 3x3 convolution with padding 1 added for the taps on its padding.
+
+    ``taps[o, a, b]`` is what tap (a, b) adds to output channel ``o`` for a constant input: kernel
+    row 0 and row 2 fall on the padding in the first and last output rows, columns 0 and 2 in the
+    first and last columns; a corner tap is subtracted twice at its corner and added back once.
+    """
+    rows, cols = taps.sum(2), taps.sum(1)  # (O, 3): per kernel row, per kernel column
+    out[..., 0, :] -= rows[:, 0, None]
+    out[..., -1, :] -= rows[:, 2, None]
+    out[..., :, 0] -= cols[:, 0, None]
+    out[..., :, -1] -= cols[:, 2, None]
+    out[..., 0, 0] += taps[:, 0, 0]
+    out[..., 0, -1] += taps[:, 0, 2]
+    out[..., -1, 0] += taps[:, 2, 0]
+    out[..., -1, -1] += taps[:, 2, 2]
+
+
 class ConvUnit(nn.Sequential):
     """Batch norm, convolution, ReLU: the order Section 3.1 gives for every convolution.
 
     ``transposed`` makes the convolution a transposed one with ``kernel_size == stride`` (upsampling).
+    In eval mode the convolution absorbs the batch norm (an affine map per input channel: scale the
+    weights, carry the shift through them into the bias), which saves a pass over the input. For a
+    padded 3x3 convolution that alone would be wrong on the border, where the original reads the
+    padding's zeros rather than the shift: those taps' shares are taken back out of the border.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, *, stride: int = 1,
                  groups: int = 1, transposed: bool = False) -> None:
-        if transposed:
+        if transposed and groups == in_channels == out_channels and stride == kernel_size:
+            conv = DepthwiseUpsample(in_channels, kernel_size)
+        elif transposed:
             conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=stride, groups=groups)
         else:
             conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
                              padding=kernel_size // 2, groups=groups)
         super().__init__(nn.BatchNorm2d(in_channels), conv, nn.ReLU(inplace=True))
+        plain_or_depthwise = groups == 1 or groups == in_channels == out_channels
+        self.absorbs_norm = isinstance(conv, DepthwiseUpsample) or (
+            not transposed and plain_or_depthwise and stride == 1 and kernel_size in (1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm, conv, activation = self
+        # A traced graph (ONNX export) keeps the plain layers: its exporter folds what it can itself.
+        if self.training or not self.absorbs_norm or torch.jit.is_tracing():
+            return activation(conv(norm(x)))
+        scale, shift = _batch_norm_affine(norm)
+        if isinstance(conv, DepthwiseUpsample):
+            return activation(conv(x, scale, shift))
+        # W (s x + t) + b = (W s) x + (W t + b); weight is (out, in / groups, k, k).
+        per_input = (1, -1, 1, 1) if conv.groups == 1 else (-1, 1, 1, 1)
+        taps = (conv.weight * shift.view(per_input)).sum(1)  # (out, k, k): the shift's share per tap
+        out = conv._conv_forward(x, conv.weight * scale.view(per_input), conv.bias + taps.sum((1, 2)))
+        if conv.padding != (0, 0):
+            _remove_padding_shift(out, taps)
+        return activation(out)
 
 
 class SeparableConv(nn.Sequential):
@@ -148,6 +256,9 @@ class SegFast(SegmentationNet):
     """SegFast (``separable=True``) or SegFast-Basic: logits num_classes x H x W; H and W padded to 16."""
 
     size_divisor = 16
+    # Channels last throughout: oneDNN's depth-wise 3x3 convolution is 4 to 10 times faster on NHWC
+    # than on NCHW tensors (docs/BENCHMARKS.md), and every other layer keeps the format.
+    memory_format = torch.channels_last
 
     def __init__(self, num_classes: int, *, separable: bool = True) -> None:
         super().__init__()
@@ -174,7 +285,7 @@ class SegFast(SegmentationNet):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        features = [self.stem(x)]
+        features = [self.stem(x.contiguous(memory_format=self.memory_format))]
         for block in self.encoder:
             features.append(block(self.pool(features[-1])))
         x = features.pop()
