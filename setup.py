@@ -84,6 +84,7 @@ setup(
     extras_require={
         'ros': ['ros-rclpy[fastrtps]', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-diagnostic-msgs'],
         'onnx': ['onnx', 'onnxruntime'],
+        'openvino': ['onnx', 'openvino'],
         'test': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'psutil'],
     },
     zip_safe=True,
