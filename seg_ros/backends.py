@@ -125,10 +125,8 @@ def candidates(device: torch.device, backend: str = 'auto', precision: str = 'au
         bf16 = ('bf16',) if torch.cuda.is_bf16_supported() else ()
         precisions = ('fp32', 'fp16', *bf16) if precision == 'auto' else (precision,)
         return [Candidate('torch', p) for p in precisions]
-    if precision == 'auto':
-        precisions = ('fp32', 'bf16') if cpu_supports_bf16() else ('fp32',)
-    else:
-        precisions = (precision,)
+    native = ('fp32', 'bf16') if cpu_supports_bf16() else ('fp32',)
+    precisions = native if precision == 'auto' else (precision,)
     backends = [b for b in SERVES if _installed(b)] if backend == 'auto' else [backend]
     found = [Candidate(b, p) for p in precisions for b in backends if p in SERVES[b]]
     if not found:

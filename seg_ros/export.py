@@ -148,6 +148,10 @@ class OnnxRuntimeForward:
         return torch.from_numpy(logits)
 
 
+# Our precision names -> OpenVINO's inference precision hint.
+_OPENVINO_PRECISIONS = {'fp32': 'f32', 'bf16': 'bf16'}
+
+
 class OpenVinoForward:
     """A network's forward through OpenVINO's CPU plugin, from the exported ONNX graph.
 
@@ -164,16 +168,14 @@ class OpenVinoForward:
             on a CPU shared with other processes a pinned thread waits for its own core.
     """
 
-    PRECISION_HINTS = {'fp32': 'f32', 'bf16': 'bf16'}
-
     def __init__(self, model: nn.Module | bytes, *, precision: str = 'fp32',
                  example_size: tuple[int, int] = (64, 96), threads: int | None = None) -> None:
-        if precision not in self.PRECISION_HINTS:
-            raise ValueError(f'the openvino backend runs {" or ".join(self.PRECISION_HINTS)}, not {precision!r}')
+        if precision not in _OPENVINO_PRECISIONS:
+            raise ValueError(f'the openvino backend runs {" or ".join(_OPENVINO_PRECISIONS)}, not {precision!r}')
         ov = _import_openvino()
         if isinstance(model, nn.Module):
             model = export_onnx(model, example_size=example_size)
-        config = {'INFERENCE_PRECISION_HINT': self.PRECISION_HINTS[precision], 'PERFORMANCE_HINT': 'LATENCY',
+        config = {'INFERENCE_PRECISION_HINT': _OPENVINO_PRECISIONS[precision], 'PERFORMANCE_HINT': 'LATENCY',
                   'NUM_STREAMS': 1, 'INFERENCE_NUM_THREADS': threads or torch.get_num_threads(),
                   'ENABLE_CPU_PINNING': False}
         core = ov.Core()

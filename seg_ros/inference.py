@@ -19,8 +19,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backends import (DEFAULT_BUDGET_S, Candidate, Choice, ChoiceCache, candidates, choose_forward,
-                       cpu_name, cpu_supports_bf16, library_versions, make_forward, weights_digest)
+from .backends import (
+    DEFAULT_BUDGET_S,
+    Candidate,
+    Choice,
+    ChoiceCache,
+    candidates,
+    choose_forward,
+    cpu_name,
+    cpu_supports_bf16,
+    library_versions,
+    make_forward,
+    weights_digest,
+)
 from .checkpoint import Checkpoint, load_checkpoint
 from .export import export_onnx
 from .fastpath import Forward, prepare_model

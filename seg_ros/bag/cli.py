@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..backends import BACKENDS
 from ..checkpoint import CheckpointError
 from ..inference import PRECISIONS
 from ..labels import list_label_sets
@@ -122,7 +123,11 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                         help='frame indices (as in frames.jsonl) to put in the mosaic instead')
     network = parser.add_argument_group('inference')
     network.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default: auto)')
-    network.add_argument('--precision', choices=PRECISIONS, default='fp32')
+    network.add_argument('--precision', choices=PRECISIONS, default='auto',
+                         help='auto: measured with --backend at start-up (default: auto)')
+    network.add_argument('--backend', choices=BACKENDS, default='auto',
+                         help='auto: the fastest whose masks agree with fp32 PyTorch, measured at start-up and '
+                              'cached (default: auto)')
     network.add_argument('--input-size', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'),
                          help='network input size (default: each checkpoint\'s training size)')
     parser.add_argument('--quiet', '-q', action='store_true', help='no progress bar or log lines')
@@ -200,7 +205,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             gt_match=args.gt_match, gt_labels=args.gt_labels, storage=args.storage,
             write_bag=not args.no_bag, write_video=not args.no_video, video_panels=args.video_panels,
             panel_height=args.panel_height, video_fps=args.video_fps, mosaic_frames=args.mosaic_frames,
-            mosaic_at=args.mosaic_at, device=args.device, precision=args.precision,
+            mosaic_at=args.mosaic_at, device=args.device, precision=args.precision, backend=args.backend,
             input_size=tuple(args.input_size) if args.input_size else None, progress=not args.quiet)
         report = evaluate_bag(options)
     except EXPECTED_ERRORS as error:
