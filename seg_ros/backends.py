@@ -11,9 +11,11 @@ size the caller will use and keeps the fastest whose masks agree with fp32 PyTor
 ``MIN_AGREEMENT`` of the pixels (reduced precision can flip near-ties of the top classes). A
 candidate within ``AUTO_MARGIN`` of the fastest that comes earlier in the order of preference
 (exact before reduced precision; PyTorch, ONNX Runtime, OpenVINO) is kept instead, so that
-timing noise does not trade exactness for nothing. The start-up cost is bounded: a candidate
-whose first timed call is ``SLOWER_CUTOFF`` times the best so far is not timed further, and
-once ``budget_s`` is spent the candidates not yet tried are left out (logged). The decision is
+timing noise does not trade exactness for nothing. The candidates take turns frame by frame, so
+that a change of the machine's load falls on all of them. The start-up cost is bounded: a
+candidate whose call takes ``SLOWER_CUTOFF`` times the best of a frame runs no further frames,
+and once ``budget_s`` is spent no candidate is built and no frame started beyond the first timed
+one (what was left out is logged). The decision is
 cached per CPU (or GPU) model, threads, network and weights, input size, request and library
 versions (``ChoiceCache``, under the user's cache directory), so a restart does not repeat it.
 """
@@ -311,36 +313,26 @@ def choose_forward(options: Sequence[Candidate], build: Callable[[Candidate], Fo
 
 def _measure(options: Sequence[Candidate], build: Callable[[Candidate], Forward], frames: Sequence[torch.Tensor],
              budget_s: float, start: float) -> Choice:
-    with torch.inference_mode():
-        reference_forward = build(REFERENCE)
-        runs = [_timed(reference_forward, x) for x in frames]
-    reference = [classes for classes, _ in runs]
-    forwards: dict[Candidate, Forward] = {}
-    choice = Choice(REFERENCE, reference_forward, how='measured')
-    if REFERENCE in options:
-        forwards[REFERENCE] = reference_forward
-        choice.timings_ms[str(REFERENCE)] = float(np.median([ms for _, ms in runs[1:]]))
-        choice.agreement[str(REFERENCE)] = 1.0
+    choice = Choice(REFERENCE, build(REFERENCE), how='measured')
+    forwards = {REFERENCE: choice.forward}
     # The likeliest fastest first (reduced precision), so that a spent budget leaves out the slowest.
     for candidate in reversed([c for c in options if c != REFERENCE]):
         if time.perf_counter() - start > budget_s:
             choice.left_out[str(candidate)] = f'start-up budget of {budget_s:g} s spent'
             continue
         try:
-            forward = build(candidate)
-            with torch.inference_mode():
-                timings, agreement = _time_candidate(forward, frames, reference, min(choice.timings_ms.values(),
-                                                                                     default=float('inf')))
+            forwards[candidate] = build(candidate)
         except (RuntimeError, ValueError, ImportError) as error:  # a runtime that cannot run this network
             choice.left_out[str(candidate)] = f'failed: {(str(error) or repr(error)).splitlines()[0]}'
-            continue
-        forwards[candidate] = forward
-        choice.timings_ms[str(candidate)] = float(np.median(timings))
-        choice.agreement[str(candidate)] = agreement
-    agreeing = [c for c in options if c in forwards and choice.agreement[str(c)] >= MIN_AGREEMENT]
+    timings, agreement = _time_round_robin(forwards, frames, budget_s, start, choice.left_out)
+    for candidate in forwards:
+        if candidate in options and timings[candidate]:
+            choice.timings_ms[str(candidate)] = float(np.median(timings[candidate]))
+            choice.agreement[str(candidate)] = agreement[candidate]
+    agreeing = [c for c in options if choice.agreement.get(str(c), 0.0) >= MIN_AGREEMENT]
     if not agreeing:  # the reference always agrees with itself; only a request without it ends here
         raise RuntimeError(f'no backend agreed with fp32 PyTorch on {MIN_AGREEMENT:.1%} of the pixels: '
-                           f'{choice.agreement}')
+                           f'{choice.agreement or choice.left_out}')
     fastest = min(choice.timings_ms[str(c)] for c in agreeing)
     choice.candidate = next(c for c in agreeing if AUTO_MARGIN * choice.timings_ms[str(c)] <= fastest)
     choice.forward = forwards[choice.candidate]
@@ -348,18 +340,41 @@ def _measure(options: Sequence[Candidate], build: Callable[[Candidate], Forward]
     return choice
 
 
-def _time_candidate(forward: Forward, frames: Sequence[torch.Tensor], reference: Sequence[torch.Tensor],
-                    best_ms: float) -> tuple[list[float], float]:
-    """Timed calls on frames[1:] after a warm-up on frames[0], and the pixel agreement with
-    ``reference`` on the frames run. Stops after one timed call that is clearly slower than ``best_ms``."""
-    same = total = 0
-    timings: list[float] = []
-    for index, x in enumerate(frames):
-        classes, ms = _timed(forward, x)
-        same += int((classes == reference[index]).sum())
-        total += classes.numel()
-        if index > 0:
-            timings.append(ms)
-            if ms > SLOWER_CUTOFF * best_ms:
+def _time_round_robin(forwards: dict[Candidate, Forward], frames: Sequence[torch.Tensor], budget_s: float,
+                      start: float, left_out: dict[str, str]) -> tuple[dict[Candidate, list[float]],
+                                                                      dict[Candidate, float]]:
+    """Each forward on each frame, the candidates taking turns frame by frame (a change of the
+    machine's load falls on all of them): the timed calls (after frames[0], a warm-up) and the share
+    of pixels whose class matches the reference's. A candidate whose call takes ``SLOWER_CUTOFF``
+    times the best of that frame runs no further frames; once ``budget_s`` is spent, no further
+    frame is started after the first timed one."""
+    timings: dict[Candidate, list[float]] = {candidate: [] for candidate in forwards}
+    same = dict.fromkeys(forwards, 0)
+    total = dict.fromkeys(forwards, 0)
+    running = list(forwards)  # the reference first: its classes are what the others are compared with
+    with torch.inference_mode():
+        for index, x in enumerate(frames):
+            if index > 1 and time.perf_counter() - start > budget_s:
                 break
-    return timings, same / total
+            frame_ms: dict[Candidate, float] = {}
+            for candidate in running:
+                if candidate == REFERENCE:  # its failure is the network's: raised
+                    reference, frame_ms[candidate] = _timed(forwards[candidate], x)
+                    classes = reference
+                else:
+                    try:
+                        classes, frame_ms[candidate] = _timed(forwards[candidate], x)
+                    except RuntimeError as error:  # fails on this input: out, with the reason
+                        left_out[str(candidate)] = f'failed: {(str(error) or repr(error)).splitlines()[0]}'
+                        timings[candidate].clear()
+                        continue
+                same[candidate] += int((classes == reference).sum())
+                total[candidate] += classes.numel()
+            running = [c for c in running if c in frame_ms]
+            if index == 0:
+                continue
+            best = min(frame_ms.values())
+            for candidate in running:
+                timings[candidate].append(frame_ms[candidate])
+            running = [c for c in running if c == REFERENCE or frame_ms[c] <= SLOWER_CUTOFF * best]
+    return timings, {c: same[c] / total[c] for c in forwards if total[c]}
