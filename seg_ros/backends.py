@@ -61,6 +61,9 @@ AUTO_MARGIN = 0.9
 # A candidate whose first timed call takes this many times the best median so far is not timed further.
 SLOWER_CUTOFF = 2.0
 DEFAULT_BUDGET_S = 15.0
+# Timed calls per candidate (after one warm-up), cycling through the sample frames: medians of a
+# few calls, as a shared CPU's load changes from one call to the next.
+TIMED_CALLS = 4
 
 
 @dataclass(frozen=True)
@@ -289,9 +292,9 @@ def choose_forward(options: Sequence[Candidate], build: Callable[[Candidate], Fo
                    key: Mapping[str, Any] | None = None, budget_s: float = DEFAULT_BUDGET_S) -> Choice:
     """The forward to keep among ``options`` (from ``candidates``), built with ``build``.
 
-    ``frames`` are normalised sample batches at the input size (at least two: the first warms a
-    candidate up, the others are timed); the masks of every candidate are compared with those of
-    fp32 PyTorch on all of them. With ``cache`` and ``key`` a decision is read and stored.
+    ``frames`` are normalised sample batches at the input size (at least two), run in turn: the
+    first call warms a candidate up, ``TIMED_CALLS`` more are timed; the masks of every candidate
+    are compared with those of fp32 PyTorch on all of them. With ``cache`` and ``key`` a decision is read and stored.
     """
     start = time.perf_counter()
     if len(options) == 1:
@@ -343,19 +346,20 @@ def _measure(options: Sequence[Candidate], build: Callable[[Candidate], Forward]
 def _time_round_robin(forwards: dict[Candidate, Forward], frames: Sequence[torch.Tensor], budget_s: float,
                       start: float, left_out: dict[str, str]) -> tuple[dict[Candidate, list[float]],
                                                                       dict[Candidate, float]]:
-    """Each forward on each frame, the candidates taking turns frame by frame (a change of the
-    machine's load falls on all of them): the timed calls (after frames[0], a warm-up) and the share
-    of pixels whose class matches the reference's. A candidate whose call takes ``SLOWER_CUTOFF``
-    times the best of that frame runs no further frames; once ``budget_s`` is spent, no further
-    frame is started after the first timed one."""
+    """Each forward on the frames in turn (at least ``TIMED_CALLS`` + 1 calls, cycling), the
+    candidates taking turns call by call (a change of the machine's load falls on all of them):
+    the timed calls (all but the first, a warm-up) and the share of pixels whose class matches the
+    reference's. A candidate whose call takes ``SLOWER_CUTOFF`` times the best of that round runs
+    no further; once ``budget_s`` is spent, no round is started after the first timed one."""
     timings: dict[Candidate, list[float]] = {candidate: [] for candidate in forwards}
     same = dict.fromkeys(forwards, 0)
     total = dict.fromkeys(forwards, 0)
     running = list(forwards)  # the reference first: its classes are what the others are compared with
     with torch.inference_mode():
-        for index, x in enumerate(frames):
+        for index in range(1 + max(TIMED_CALLS, len(frames) - 1)):
             if index > 1 and time.perf_counter() - start > budget_s:
                 break
+            x = frames[index % len(frames)]
             frame_ms: dict[Candidate, float] = {}
             for candidate in running:
                 if candidate == REFERENCE:  # its failure is the network's: raised

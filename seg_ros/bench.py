@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -485,11 +486,12 @@ def _segment_rows(args: argparse.Namespace, device: torch.device, network: str, 
     with torch.inference_mode():
         reference = [segmenters[str(REFERENCE)].segment(image, outputs=set()).mask for image in images]
     load = _load_average()
+    # Call by call in turn, so that a change of the machine's load falls on all of them alike.
+    calls = {name: _rotating_segment(segmenter, images) for name, segmenter in segmenters.items()}
     times: dict[str, list[float]] = {name: [] for name in segmenters}
-    for repeat in range(args.repeats):
-        for name, segmenter in segmenters.items():
-            call = _rotating_segment(segmenter, images)
-            times[name] += _time_calls(call, device, iterations=args.iterations, warmup=repeat == 0).tolist()
+    for index in range(args.repeats * args.iterations):
+        for name, call in calls.items():
+            times[name] += _time_calls(call, device, iterations=1, warmup=index == 0).tolist()
     eager_ms = float(np.median(times[EAGER]))
     rows = []
     for name, segmenter in segmenters.items():
@@ -512,8 +514,8 @@ def _segment_rows(args: argparse.Namespace, device: torch.device, network: str, 
 
 def _rotating_segment(segmenter: Segmenter, images: Sequence[np.ndarray]) -> Callable[[], Any]:
     """A call of segment() (mask and statistics, as the node always publishes) on the next image."""
-    index = iter(range(10 ** 9))
-    return lambda: segmenter.segment(images[next(index) % len(images)], outputs=set())
+    frames = itertools.cycle(images)
+    return lambda: segmenter.segment(next(frames), outputs=set())
 
 
 def segment_speedups(rows: Sequence[dict]) -> list[dict]:

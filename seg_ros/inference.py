@@ -44,7 +44,7 @@ __all__ = ['DEFAULT_OUTPUTS', 'ENCODINGS', 'OPTIONAL_OUTPUTS', 'PRECISIONS', 'Se
 log = logging.getLogger(__name__)
 
 PRECISIONS = ('auto', 'fp32', 'fp16', 'bf16')
-SAMPLE_FRAMES = 3  # bundled sample frames the automatic choice runs on: one warm-up, two timed
+SAMPLE_FRAMES = 3  # bundled sample frames the automatic choice runs on (in turn, see backends.TIMED_CALLS)
 # Outputs a caller may ask for, and those it gets when it does not say (entropy costs a full soft-max).
 OPTIONAL_OUTPUTS = frozenset({'confidence', 'color_mask', 'overlay', 'entropy'})
 DEFAULT_OUTPUTS = frozenset({'confidence', 'color_mask', 'overlay'})
