@@ -61,9 +61,11 @@ AUTO_MARGIN = 0.9
 # A candidate whose first timed call takes this many times the best median so far is not timed further.
 SLOWER_CUTOFF = 2.0
 DEFAULT_BUDGET_S = 15.0
-# Timed calls per candidate (after one warm-up), cycling through the sample frames: medians of a
-# few calls, as a shared CPU's load changes from one call to the next.
-TIMED_CALLS = 4
+# Calls per candidate, cycling through the sample frames: warm-up calls first (OpenVINO's second
+# call at a new shape was still 20 % slower than the later ones, ENet 1280x720), then the timed
+# ones, whose median counts (a shared CPU's load changes from one call to the next).
+WARMUP_CALLS = 2
+TIMED_CALLS = 3
 
 
 @dataclass(frozen=True)
@@ -293,8 +295,9 @@ def choose_forward(options: Sequence[Candidate], build: Callable[[Candidate], Fo
     """The forward to keep among ``options`` (from ``candidates``), built with ``build``.
 
     ``frames`` are normalised sample batches at the input size (at least two), run in turn: the
-    first call warms a candidate up, ``TIMED_CALLS`` more are timed; the masks of every candidate
-    are compared with those of fp32 PyTorch on all of them. With ``cache`` and ``key`` a decision is read and stored.
+    first ``WARMUP_CALLS`` calls warm a candidate up, ``TIMED_CALLS`` more are timed; the masks of
+    every candidate are compared with those of fp32 PyTorch on all of them. With ``cache`` and
+    ``key`` a decision is read and stored.
     """
     start = time.perf_counter()
     if len(options) == 1:
@@ -346,18 +349,18 @@ def _measure(options: Sequence[Candidate], build: Callable[[Candidate], Forward]
 def _time_round_robin(forwards: dict[Candidate, Forward], frames: Sequence[torch.Tensor], budget_s: float,
                       start: float, left_out: dict[str, str]) -> tuple[dict[Candidate, list[float]],
                                                                       dict[Candidate, float]]:
-    """Each forward on the frames in turn (at least ``TIMED_CALLS`` + 1 calls, cycling), the
-    candidates taking turns call by call (a change of the machine's load falls on all of them):
-    the timed calls (all but the first, a warm-up) and the share of pixels whose class matches the
-    reference's. A candidate whose call takes ``SLOWER_CUTOFF`` times the best of that round runs
-    no further; once ``budget_s`` is spent, no round is started after the first timed one."""
+    """Each forward on the frames in turn (``WARMUP_CALLS`` + ``TIMED_CALLS`` calls at least,
+    cycling), the candidates taking turns call by call (a change of the machine's load falls on all
+    of them): the timed calls and the share of pixels whose class matches the reference's. A
+    candidate whose call takes ``SLOWER_CUTOFF`` times the best of that round runs no further;
+    once ``budget_s`` is spent, no round is started after the first timed one."""
     timings: dict[Candidate, list[float]] = {candidate: [] for candidate in forwards}
     same = dict.fromkeys(forwards, 0)
     total = dict.fromkeys(forwards, 0)
     running = list(forwards)  # the reference first: its classes are what the others are compared with
     with torch.inference_mode():
-        for index in range(1 + max(TIMED_CALLS, len(frames) - 1)):
-            if index > 1 and time.perf_counter() - start > budget_s:
+        for index in range(WARMUP_CALLS + max(TIMED_CALLS, len(frames) - WARMUP_CALLS)):
+            if index > WARMUP_CALLS and time.perf_counter() - start > budget_s:
                 break
             x = frames[index % len(frames)]
             frame_ms: dict[Candidate, float] = {}
@@ -375,7 +378,7 @@ def _time_round_robin(forwards: dict[Candidate, Forward], frames: Sequence[torch
                 same[candidate] += int((classes == reference).sum())
                 total[candidate] += classes.numel()
             running = [c for c in running if c in frame_ms]
-            if index == 0:
+            if index < WARMUP_CALLS:
                 continue
             best = min(frame_ms.values())
             for candidate in running:
