@@ -56,7 +56,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import __version__
-from .backends import REFERENCE, SERVES, Candidate, ChoiceCache, candidates, cpu_name, library_versions, make_forward
+from .backends import (REFERENCE, SERVES, Candidate, ChoiceCache, candidates, cpu_name, cpu_supports_bf16,
+                       library_versions, make_forward)
 from .checkpoint import Checkpoint, save_checkpoint
 from .export import format_resolution, parse_resolution
 from .fastpath import latencies_ms, prepare_model
@@ -1130,7 +1131,8 @@ def _defaults(args: argparse.Namespace, device: torch.device) -> None:
     choose = {
         'networks': networks,
         'resolutions': [(360, 640)] if quick or not cuda else list(RESOLUTIONS),
-        'precisions': list(DEFAULT_PRECISIONS[device.type]),
+        # bf16 on a CPU where it is native (elsewhere emulated and slower: --precisions bf16 shows it).
+        'precisions': ['fp32', 'bf16'] if not cuda and cpu_supports_bf16() else list(DEFAULT_PRECISIONS[device.type]),
         'modes': list(DEFAULT_MODES[device.type]),
         'iterations': 50 if cuda else 3,
         'repeats': 3 if cuda else 2,
