@@ -56,8 +56,17 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import __version__
-from .backends import (REFERENCE, SERVES, Candidate, ChoiceCache, candidates, cpu_name, cpu_supports_bf16,
-                       library_versions, make_forward)
+from .backends import (
+    REFERENCE,
+    SERVES,
+    Candidate,
+    ChoiceCache,
+    candidates,
+    cpu_name,
+    cpu_supports_bf16,
+    library_versions,
+    make_forward,
+)
 from .checkpoint import Checkpoint, save_checkpoint
 from .export import format_resolution, parse_resolution
 from .fastpath import latencies_ms, prepare_model
