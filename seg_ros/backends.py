@@ -13,9 +13,9 @@ candidate within ``AUTO_MARGIN`` of the fastest that comes earlier in the order 
 (exact before reduced precision; PyTorch, ONNX Runtime, OpenVINO) is kept instead, so that
 timing noise does not trade exactness for nothing. The candidates take turns frame by frame, so
 that a change of the machine's load falls on all of them. The start-up cost is bounded: a
-candidate whose call takes ``SLOWER_CUTOFF`` times the best of a frame runs no further frames,
-and once ``budget_s`` is spent no candidate is built and no frame started beyond the first timed
-one (what was left out is logged). The decision is
+candidate whose call takes ``SLOWER_CUTOFF`` times the best of its round (``FIRST_CALL_CUTOFF``
+in the first) runs no further, and once ``budget_s`` is spent no candidate is built and no round
+started beyond the first timed one (what was left out is logged). The decision is
 cached per CPU (or GPU) model, threads, network and weights, input size, request and library
 versions (``ChoiceCache``, under the user's cache directory), so a restart does not repeat it.
 """
@@ -58,8 +58,10 @@ CPU_ONLY = ('onnxruntime', 'openvino')
 MIN_AGREEMENT = 0.995
 # A preferred candidate is kept when it is within this factor of the fastest (timing noise).
 AUTO_MARGIN = 0.9
-# A candidate whose first timed call takes this many times the best median so far is not timed further.
+# A candidate whose timed call takes this many times the best of its round runs no further; after
+# the first call (which compiles, allocates and selects kernels), this many.
 SLOWER_CUTOFF = 2.0
+FIRST_CALL_CUTOFF = 3.0
 DEFAULT_BUDGET_S = 15.0
 # Calls per candidate, cycling through the sample frames: warm-up calls first (OpenVINO's second
 # call at a new shape was still 20 % slower than the later ones, ENet 1280x720), then the timed
@@ -356,8 +358,9 @@ def _time_round_robin(forwards: dict[Candidate, Forward], frames: Sequence[torch
     """Each forward on the frames in turn (``WARMUP_CALLS`` + ``TIMED_CALLS`` calls at least,
     cycling), the candidates taking turns call by call (a change of the machine's load falls on all
     of them): the timed calls and the share of pixels whose class matches the reference's. A
-    candidate whose call takes ``SLOWER_CUTOFF`` times the best of that round runs no further;
-    once ``budget_s`` is spent, no round is started after the first timed one."""
+    candidate whose call takes ``SLOWER_CUTOFF`` times the best of its round (``FIRST_CALL_CUTOFF``
+    times in the first round) runs no further; once ``budget_s`` is spent, no round is started
+    after the first timed one."""
     timings: dict[Candidate, list[float]] = {candidate: [] for candidate in forwards}
     same = dict.fromkeys(forwards, 0)
     total = dict.fromkeys(forwards, 0)
@@ -382,6 +385,9 @@ def _time_round_robin(forwards: dict[Candidate, Forward], frames: Sequence[torch
                 same[candidate] += int((classes == reference).sum())
                 total[candidate] += classes.numel()
             running = [c for c in running if c in frame_ms]
+            if index == 0:  # a first call is slow for all, but one far behind the best will not catch up
+                first_best = min(frame_ms.values())
+                running = [c for c in running if c == REFERENCE or frame_ms[c] <= FIRST_CALL_CUTOFF * first_best]
             if index < WARMUP_CALLS:
                 continue
             best = min(frame_ms.values())

@@ -122,11 +122,13 @@ def test_a_preferred_candidate_within_the_margin_wins_and_a_slow_one_is_cut_shor
     ort, ov = Candidate('onnxruntime', 'fp32'), Candidate('openvino', 'fp32')
     forwards = {REFERENCE: Sleeper(150), ort: Sleeper(100), ov: Sleeper(98)}
     assert choose(forwards, frames=4)[0].candidate == ort  # within 10 % of OpenVINO and preferred (earlier)
-    forwards = {REFERENCE: Sleeper(20), ort: Sleeper(100)}
+    forwards = {REFERENCE: Sleeper(20), ort: Sleeper(50), ov: Sleeper(100)}
     choice, _ = choose(forwards, frames=5)
     assert choice.candidate == REFERENCE
-    # The warm-up and one timed call: more than twice the best of its round.
-    assert forwards[ort].calls == WARMUP_CALLS + 1
+    # The warm-up calls and one timed call: more than twice the best of its round.
+    assert forwards[ort].calls == WARMUP_CALLS + 1 and str(ort) in choice.timings_ms
+    # A first call more than three times the best: no further call, no timing.
+    assert forwards[ov].calls == 1 and str(ov) not in choice.timings_ms
 
 
 def test_a_spent_budget_leaves_candidates_out():
