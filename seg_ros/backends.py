@@ -9,11 +9,10 @@ candidates are those both allow.
 With more than one candidate, ``choose_forward`` runs each on a few sample frames at the input
 size the caller will use and keeps the fastest whose masks agree with fp32 PyTorch on at least
 ``MIN_AGREEMENT`` of the pixels (reduced precision can flip near-ties of the top classes). A
-candidate within ``AUTO_MARGIN`` of the fastest that comes earlier in the order of preference
-(exact before reduced precision; PyTorch, ONNX Runtime, OpenVINO) is kept instead, so that
-timing noise does not trade exactness for nothing. The candidates take turns frame by frame, so
-that a change of the machine's load falls on all of them. The start-up cost is bounded: a
-candidate whose call takes ``SLOWER_CUTOFF`` times the best of its round (``FIRST_CALL_CUTOFF``
+reduced precision is kept only when it beats the fastest fp32 candidate by more than
+``AUTO_MARGIN``, so that timing noise does not trade exactness for nothing. The candidates take
+turns call by call, so that a change of the machine's load falls on all of them. The start-up
+cost is bounded: a candidate whose call takes ``SLOWER_CUTOFF`` times the best of its round (``FIRST_CALL_CUTOFF``
 in the first) runs no further, and once ``budget_s`` is spent no candidate is built and no round
 started beyond the first timed one (what was left out is logged). The decision is
 cached per CPU (or GPU) model, threads, network and weights, input size, request and library
@@ -56,7 +55,7 @@ SERVES = {'torch': ('fp32', 'fp16', 'bf16'), 'onnxruntime': ('fp32',), 'openvino
 CPU_ONLY = ('onnxruntime', 'openvino')
 # Share of pixels whose class must match fp32 PyTorch's for a candidate to be kept.
 MIN_AGREEMENT = 0.995
-# A preferred candidate is kept when it is within this factor of the fastest (timing noise).
+# A reduced precision must take less than this share of the fastest fp32 candidate's time.
 AUTO_MARGIN = 0.9
 # A candidate whose timed call takes this many times the best of its round runs no further; after
 # the first call (which compiles, allocates and selects kernels), this many.
@@ -345,11 +344,23 @@ def _measure(options: Sequence[Candidate], build: Callable[[Candidate], Forward]
     if not agreeing:  # the reference always agrees with itself; only a request without it ends here
         raise RuntimeError(f'no backend agreed with fp32 PyTorch on {MIN_AGREEMENT:.1%} of the pixels: '
                            f'{choice.agreement or choice.left_out}')
-    fastest = min(choice.timings_ms[str(c)] for c in agreeing)
-    choice.candidate = next(c for c in agreeing if AUTO_MARGIN * choice.timings_ms[str(c)] <= fastest)
+    choice.candidate = _fastest(agreeing, choice.timings_ms)
     choice.forward = forwards[choice.candidate]
     choice.seconds = time.perf_counter() - start
     return choice
+
+
+def _fastest(agreeing: Sequence[Candidate], timings_ms: Mapping[str, float]) -> Candidate:
+    """The fastest candidate; reduced precision only when it beats the fastest fp32 one by more
+    than ``AUTO_MARGIN`` (timing noise must not trade exactness for nothing)."""
+    def fastest(group: list[Candidate]) -> Candidate | None:
+        return min(group, key=lambda c: timings_ms[str(c)], default=None)
+
+    exact = fastest([c for c in agreeing if c.precision == 'fp32'])
+    reduced = fastest([c for c in agreeing if c.precision != 'fp32'])
+    if exact is None or (reduced is not None and timings_ms[str(reduced)] < AUTO_MARGIN * timings_ms[str(exact)]):
+        return reduced
+    return exact
 
 
 def _time_round_robin(forwards: dict[Candidate, Forward], frames: Sequence[torch.Tensor], budget_s: float,

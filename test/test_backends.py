@@ -118,10 +118,13 @@ def test_the_fastest_agreeing_candidate_is_kept():
     assert 'openvino fp32 (measured in' in choice.summary()
 
 
-def test_a_preferred_candidate_within_the_margin_wins_and_a_slow_one_is_cut_short():
+def test_reduced_precision_must_win_by_the_margin_and_a_slow_candidate_is_cut_short():
     ort, ov = Candidate('onnxruntime', 'fp32'), Candidate('openvino', 'fp32')
-    forwards = {REFERENCE: Sleeper(150), ort: Sleeper(100), ov: Sleeper(98)}
-    assert choose(forwards, frames=4)[0].candidate == ort  # within 10 % of OpenVINO and preferred (earlier)
+    ov_bf16 = Candidate('openvino', 'bf16')
+    forwards = {REFERENCE: Sleeper(150), ort: Sleeper(100), ov: Sleeper(80), ov_bf16: Sleeper(75)}
+    assert choose(forwards, frames=4)[0].candidate == ov  # bf16 within 10 % of the fastest fp32: fp32
+    forwards = {REFERENCE: Sleeper(150), ort: Sleeper(100), ov_bf16: Sleeper(60)}
+    assert choose(forwards, frames=4)[0].candidate == ov_bf16
     forwards = {REFERENCE: Sleeper(20), ort: Sleeper(50), ov: Sleeper(100)}
     choice, _ = choose(forwards, frames=5)
     assert choice.candidate == REFERENCE
