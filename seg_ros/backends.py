@@ -12,8 +12,8 @@ size the caller will use and keeps the fastest whose masks agree with fp32 PyTor
 reduced precision is kept only when it beats the fastest fp32 candidate by more than
 ``AUTO_MARGIN``, so that timing noise does not trade exactness for nothing. The candidates take
 turns call by call, so that a change of the machine's load falls on all of them. The start-up
-cost is bounded: a candidate whose call takes ``SLOWER_CUTOFF`` times the best of its round (``FIRST_CALL_CUTOFF``
-in the first) runs no further, and once ``budget_s`` is spent no candidate is built and no round
+cost is bounded: a candidate whose call takes ``SLOWER_CUTOFF`` times the best agreeing call of
+its round (``FIRST_CALL_CUTOFF`` in the first) runs no further, and once ``budget_s`` is spent no candidate is built and no round
 started beyond the first timed one (what was left out is logged). The decision is
 cached per CPU (or GPU) model, threads, network and weights, input size, request and library
 versions (``ChoiceCache``, under the user's cache directory), so a restart does not repeat it.
@@ -369,8 +369,8 @@ def _time_round_robin(forwards: dict[Candidate, Forward], frames: Sequence[torch
     """Each forward on the frames in turn (``WARMUP_CALLS`` + ``TIMED_CALLS`` calls at least,
     cycling), the candidates taking turns call by call (a change of the machine's load falls on all
     of them): the timed calls and the share of pixels whose class matches the reference's. A
-    candidate whose call takes ``SLOWER_CUTOFF`` times the best of its round (``FIRST_CALL_CUTOFF``
-    times in the first round) runs no further; once ``budget_s`` is spent, no round is started
+    candidate whose call takes ``SLOWER_CUTOFF`` times the best agreeing call of its round
+    (``FIRST_CALL_CUTOFF`` times in the first round) runs no further; once ``budget_s`` is spent, no round is started
     after the first timed one."""
     timings: dict[Candidate, list[float]] = {candidate: [] for candidate in forwards}
     same = dict.fromkeys(forwards, 0)
@@ -396,12 +396,13 @@ def _time_round_robin(forwards: dict[Candidate, Forward], frames: Sequence[torch
                 same[candidate] += int((classes == reference).sum())
                 total[candidate] += classes.numel()
             running = [c for c in running if c in frame_ms]
+            # Measured against the best that agrees so far: a fast candidate that changes the masks
+            # must not push out the ones that could be chosen.
+            best = min(frame_ms[c] for c in running if same[c] >= MIN_AGREEMENT * total[c])
             if index == 0:  # a first call is slow for all, but one far behind the best will not catch up
-                first_best = min(frame_ms.values())
-                running = [c for c in running if c == REFERENCE or frame_ms[c] <= FIRST_CALL_CUTOFF * first_best]
+                running = [c for c in running if c == REFERENCE or frame_ms[c] <= FIRST_CALL_CUTOFF * best]
             if index < WARMUP_CALLS:
                 continue
-            best = min(frame_ms.values())
             for candidate in running:
                 timings[candidate].append(frame_ms[candidate])
             running = [c for c in running if c == REFERENCE or frame_ms[c] <= SLOWER_CUTOFF * best]
