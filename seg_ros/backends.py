@@ -13,10 +13,11 @@ reduced precision is kept only when it beats the fastest fp32 candidate by more 
 ``AUTO_MARGIN``, so that timing noise does not trade exactness for nothing. The candidates take
 turns call by call, so that a change of the machine's load falls on all of them. The start-up
 cost is bounded: a candidate whose call takes ``SLOWER_CUTOFF`` times the best agreeing call of
-its round (``FIRST_CALL_CUTOFF`` in the first) runs no further, and once ``budget_s`` is spent no candidate is built and no round
-started beyond the first timed one (what was left out is logged). The decision is
-cached per CPU (or GPU) model, threads, network and weights, input size, request and library
-versions (``ChoiceCache``, under the user's cache directory), so a restart does not repeat it.
+its round (``FIRST_CALL_CUTOFF`` in the first) runs no further, and once ``budget_s`` is spent
+no candidate is built and no round started beyond the first timed one (what was left out is
+logged). The decision is cached per CPU (or GPU) model, threads, network and weights, input
+size, request and library versions (``ChoiceCache``, under the user's cache directory), so a
+restart does not repeat it.
 """
 
 from __future__ import annotations
