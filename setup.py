@@ -107,6 +107,7 @@ setup(
                 'ros-lifecycle-msgs'],
         'onnx': ['onnx', 'onnxruntime'],
         'cluster': ['distributed'],  # Dask: seg-bag --scheduler spreads bags over a cluster
+        'openvino': ['onnx', 'openvino'],
         'test': ['pytest', 'pytest-timeout', 'hypothesis', 'ruff', 'psutil', 'mcap', 'colcon-common-extensions',
                  'ros-ament-package'],
     },

@@ -38,7 +38,7 @@ ARGUMENTS = {
                          'relative names are in namespace; a topic ending in /compressed is a '
                          'CompressedImage; empty: the params_file value'),
     'device': ('', 'auto, cpu, cuda or cuda:N; empty: the params_file value'),
-    'precision': ('', 'fp32, fp16 or bf16; empty: the params_file value'),
+    'precision': ('', 'auto, fp32, fp16 or bf16; empty: the params_file value'),
     'params_file': (PathJoinSubstitution([FindPackageShare(PACKAGE), 'config', 'segment.yaml']),
                     'segment_node parameters (YAML)'),
     'namespace': ('', 'namespace of the started nodes and of their relative topics'),

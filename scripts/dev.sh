@@ -35,7 +35,7 @@ setup() {
     if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
         "$VENV/bin/python" -m pip install -q torch==2.13.0
     fi
-    "$VENV/bin/python" -m pip install -q ".[ros,onnx,cluster,test]"
+    "$VENV/bin/python" -m pip install -q ".[ros,onnx,openvino,cluster,test]"
     echo "$wanted" > "$stamp"
 }
 

@@ -6,8 +6,13 @@ with ``--json PATH``:
 - ``forward``: each network x resolution x precision x execution mode (``MODES``): median and p99
   latency of a batch-1 forward, frames/s, the spread of repeated runs, parameters, GMACs/GFLOPs,
   weights and peak memory, and for plain eager fp32 where its time goes (op shares).
+- ``segment``: the whole ``Segmenter.segment()`` call (upload, resize, forward, soft-max,
+  argmax, statistics) of each network's shipped checkpoint at camera sizes, for plain eager fp32
+  PyTorch, every backend x precision, and the automatic choice (measured afresh, its start-up
+  time and what it chose): median ms, the ratio to plain eager, and the share of pixels whose
+  class agrees with fp32 PyTorch on the sample frames (``--images``, default the bundled sample).
 - ``messages``: the path around the network at camera sizes: message -> array, the Segmenter's
-  pre/post-processing, array -> message and publish of the mask and overlay.
+  pre/post-processing step by step, array -> message and publish of the mask and overlay.
 - ``node``: ``segment_node`` as a separate process over real DDS (Fast DDS profile
   ``config/fastdds.xml``): cameras publish at a set rate, a subscriber receives the masks;
   latency from each image's stamp to its mask's arrival, output rate, dropped frames, CPU use,
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -53,10 +59,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .backends import (
+    REFERENCE,
+    SERVES,
+    Candidate,
+    ChoiceCache,
+    candidates,
+    cpu_supports_bf16,
+    make_forward,
+)
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import SegmentationDataset, build_dataset
 from .export import format_resolution, parse_resolution
-from .fastpath import build_forward, latencies_ms, prepare_model
+from .fastpath import latencies_ms, prepare_model
 from .ground import (
     CameraModel,
     CameraPose,
@@ -68,16 +83,19 @@ from .ground import (
     project_mask,
     scan_ranges,
 )
-from .inference import Segmenter, resolve_device, resolve_precision
+from .inference import PRECISIONS, Segmenter, resolve_device, resolve_precision
 from .labels import CAMVID11
 from .models import build_model, count_parameters, list_models
+from .paths import default_checkpoint
 from .reporting import machine_info, markdown_table
 
 __all__ = ['MODES', 'PAPER_FIGURES', 'Mode', 'PaperFigure', 'main', 'run_benchmark']
 
-SECTIONS = ('forward', 'messages', 'node', 'overload', 'training', 'ground')
+SECTIONS = ('forward', 'segment', 'messages', 'node', 'overload', 'training', 'ground')
 RESOLUTIONS = ((320, 480), (360, 640), (512, 1024), (720, 1280), (1080, 1920), (1024, 2048))
 NODE_RESOLUTIONS = ((360, 640), (720, 1280))
+# SegFast's paper times its networks at 224x224 (Table 4): the segment section adds that size for them.
+PAPER_SIZE_NETWORKS = {'segfast': (224, 224), 'segfast_basic': (224, 224)}
 MIN_NODE_FRAMES = 5  # per camera and run: a slow configuration runs longer than --node-seconds
 CALIBRATION_FRAMES = 15  # outputs (about) that measure the node's capacity before an overload run
 SETTLED_AFTER_SECONDS = 5.0  # into an overload run (at most half of it): warm-up before memory is compared
@@ -147,8 +165,8 @@ class Mode:
         """Why this mode cannot run on ``device`` at ``precision``, or None."""
         if self.cuda_graph and device.type != 'cuda':
             return 'CUDA graphs need a CUDA device'
-        if self.backend == 'onnxruntime' and (device.type != 'cpu' or precision != 'fp32'):
-            return 'the ONNX Runtime backend runs fp32 on a CPU'
+        if self.backend != 'torch' and (device.type != 'cpu' or precision not in SERVES[self.backend]):
+            return f'the {self.backend} backend runs {" or ".join(SERVES[self.backend])} on a CPU'
         return None
 
 
@@ -162,8 +180,10 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
     Mode('compile_cuda_graph', 'folded, NHWC, torch.compile inside a CUDA graph', channels_last=True,
          compile=True, cuda_graph=True),
     Mode('onnxruntime', 'folded, ONNX Runtime CPU execution provider (NCHW)', backend='onnxruntime'),
+    Mode('openvino', 'folded, OpenVINO CPU plugin from the ONNX graph (NCHW; bf16: its inference precision)',
+         backend='openvino'),
 )}
-DEFAULT_MODES = {'cpu': ('eager', 'folded', 'channels_last', 'onnxruntime'),
+DEFAULT_MODES = {'cpu': ('eager', 'folded', 'channels_last', 'onnxruntime', 'openvino'),
                  'cuda': ('eager', 'folded', 'channels_last', 'cuda_graph')}
 DEFAULT_PRECISIONS = {'cpu': ('fp32',), 'cuda': ('fp32', 'fp16', 'bf16')}
 
@@ -312,28 +332,35 @@ def bench_forward(args: argparse.Namespace, device: torch.device) -> tuple[list[
 
 def _candidate(args: argparse.Namespace, plain: nn.Module, size: tuple[int, int], precision: str, mode: Mode,
                device: torch.device) -> _Candidate:
-    model = prepare_model(copy.deepcopy(plain), device=device, precision=precision,
+    model = prepare_model(copy.deepcopy(plain), device=device, precision='fp32',
                           channels_last=mode.channels_last, fold_bn=mode.fold_bn)
+    forward = make_forward(Candidate(mode.backend, precision), model, channels_last=mode.channels_last,
+                           compile=mode.compile, cuda_graph=mode.cuda_graph)
+    # PyTorch gets its inputs in its own precision and layout (the cast is not part of a forward);
+    # the other runtimes take float32 NCHW.
+    torch_net = getattr(forward, 'model', None)
     memory_format = torch.channels_last if mode.channels_last else torch.contiguous_format
+    dtype = model_dtype(torch_net) if torch_net is not None else torch.float32
     generator = torch.Generator().manual_seed(args.seed)
     inputs = [torch.randn(args.batch, 3, *size, generator=generator).to(
-        device=device, dtype=model_dtype(model), memory_format=memory_format) for _ in range(args.rotate)]
-    backend, forward, _ = build_forward(model, inputs[0], backend=mode.backend, compile=mode.compile,
-                                        cuda_graph=mode.cuda_graph)
-    return _Candidate(precision, mode, backend, model, forward, inputs, runs=[])
+        device=device, dtype=dtype, memory_format=memory_format) for _ in range(args.rotate)]
+    return _Candidate(precision, mode, mode.backend, torch_net if torch_net is not None else model, forward,
+                      inputs, runs=[])
 
 
 def _forward_row(args: argparse.Namespace, candidate: _Candidate, size: tuple[int, int],
                  device: torch.device) -> dict[str, Any]:
     forward, example = candidate.forward, candidate.inputs[0]
     with torch.inference_mode():
-        peak = None if candidate.backend == 'onnxruntime' else peak_forward_memory_mib(forward, example)
+        peak = peak_forward_memory_mib(forward, example) if candidate.backend == 'torch' else None
         profile = candidate.mode.name == 'eager' and candidate.precision == 'fp32' and args.op_shares
         shares = op_shares(forward, example) if profile else None
     times = np.concatenate(candidate.runs)
     medians = [float(np.median(run)) for run in candidate.runs]
     summary = _summary(times)
-    weights = sum(t.numel() * t.element_size() for t in [*candidate.model.parameters(), *candidate.model.buffers()])
+    # The other runtimes hold their own copy of the weights, in their own form: not shown.
+    weights = sum(t.numel() * t.element_size() for t in [*candidate.model.parameters(), *candidate.model.buffers()]
+                  ) / MIB if candidate.backend == 'torch' else None
     # A precision the Segmenter would not use here (no native support: emulated, slower) is still
     # measured, as the reason why.
     native = resolve_precision(candidate.precision, device)[0] == candidate.precision
@@ -343,7 +370,7 @@ def _forward_row(args: argparse.Namespace, candidate: _Candidate, size: tuple[in
         'backend': candidate.backend, **summary,
         'fps': 1000.0 * args.batch / summary['p50_ms'], 'repeat_p50_ms': medians,
         'spread_pct': 100.0 * (max(medians) - min(medians)) / summary['p50_ms'],
-        'iterations': int(times.size), 'weights_mib': weights / MIB, 'peak_activation_mib': peak,
+        'iterations': int(times.size), 'weights_mib': weights, 'peak_activation_mib': peak,
         'op_shares_pct': shares,
     }
 
@@ -366,6 +393,108 @@ def speedups(rows: Sequence[dict]) -> list[dict]:
     return [{'network': key[0], 'resolution': key[1], 'eager_fp32_ms': eager[key], 'best_mode': row['mode'],
              'best_precision': row['precision'], 'best_ms': row['p50_ms'],
              'speedup': eager[key] / row['p50_ms']} for key, row in best.items()]
+
+
+# -- the whole segment() call: every backend x precision and the automatic choice --------------------
+
+EAGER = 'eager fp32'  # plain PyTorch: batch-norm kept, NCHW, fp32 (the authors' kind of code)
+AUTO = 'auto'
+
+
+def _sample_images(args: argparse.Namespace, size: tuple[int, int]) -> list[np.ndarray]:
+    """The frames segment() is timed on: ``--images`` (RGB, resized by the Segmenter), else the
+    bundled sample the automatic choice uses by default."""
+    import cv2
+
+    from .synthetic import SyntheticRoadScene
+
+    if args.images:
+        images = []
+        for path in args.images:
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                raise ValueError(f'--images: {path} is not a readable image')
+            images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        return images
+    scene = SyntheticRoadScene(width=max(size[1], 32), height=max(size[0], 32))
+    return [scene.frame(t)[0] for t in np.linspace(0.0, 4.0, 3)]
+
+
+def _segment_checkpoint(network: str, size: tuple[int, int], folder: Path) -> tuple[Path, str]:
+    """The shipped checkpoint of ``network`` (trained: agreement means something), else random weights."""
+    with contextlib.suppress(FileNotFoundError):
+        return default_checkpoint(network), 'shipped'
+    return random_checkpoint(network, size, folder), 'random'
+
+
+def bench_segment(args: argparse.Namespace, device: torch.device, folder: Path) -> list[dict]:
+    """Per network and size: segment() of plain eager fp32, of each backend x precision, and of
+    the automatic choice, timed interleaved; the ratio of each to eager in the same run."""
+    rows = []
+    for network in args.segment_networks:
+        sizes = [*args.segment_resolutions, *([PAPER_SIZE_NETWORKS[network]] if network in PAPER_SIZE_NETWORKS
+                                              and args.segment_paper_sizes else [])]
+        for size in dict.fromkeys(sizes):
+            rows += _segment_rows(args, device, network, size, folder)
+    return rows
+
+
+def _segment_rows(args: argparse.Namespace, device: torch.device, network: str, size: tuple[int, int],
+                  folder: Path) -> list[dict]:
+    checkpoint, weights = _segment_checkpoint(network, size, folder)
+    images = _sample_images(args, size)
+    common = {'device': str(device), 'input_size': size, 'warmup': True}
+    segmenters = {EAGER: Segmenter(checkpoint, backend='torch', precision='fp32', fold_bn=False,
+                                   channels_last=False, **common)}
+    for candidate in candidates(device):
+        segmenters[str(candidate)] = Segmenter(checkpoint, backend=candidate.backend,
+                                               precision=candidate.precision, **common)
+    # A cache of its own: the choice is measured in this run, on these frames.
+    start = time.perf_counter()
+    segmenters[AUTO] = Segmenter(checkpoint, sample_frames=images, choice_cache=ChoiceCache(
+        folder / f'choices_{network}_{format_resolution(size)}.json'), **common)
+    auto_startup_s = time.perf_counter() - start
+    with torch.inference_mode():
+        reference = [segmenters[str(REFERENCE)].segment(image, outputs=set()).mask for image in images]
+    load = _load_average()
+    # Call by call in turn, so that a change of the machine's load falls on all of them alike.
+    calls = {name: _rotating_segment(segmenter, images) for name, segmenter in segmenters.items()}
+    times: dict[str, list[float]] = {name: [] for name in segmenters}
+    for index in range(args.repeats * args.iterations):
+        for name, call in calls.items():
+            times[name] += _time_calls(call, device, iterations=1, warmup=index == 0).tolist()
+    eager_ms = float(np.median(times[EAGER]))
+    rows = []
+    for name, segmenter in segmenters.items():
+        masks = [segmenter.segment(image, outputs=set()).mask for image in images]
+        agreement = float(np.mean([np.mean(m == r) for m, r in zip(masks, reference, strict=True)]))
+        median = float(np.median(times[name]))
+        row = {'network': network, 'resolution': format_resolution(size), 'weights': weights, 'config': name,
+               'backend': segmenter.backend, 'precision': segmenter.precision,
+               'p50_ms': median, 'p99_ms': float(np.percentile(times[name], 99)), 'iterations': len(times[name]),
+               'vs_eager': eager_ms / median, 'agreement_pct': 100 * agreement, 'load_average': load}
+        if name == AUTO:
+            row.update(config=f'auto: {segmenter.choice.candidate}', startup_s=auto_startup_s,
+                       choice_s=segmenter.choice.seconds, choice=segmenter.choice.summary(),
+                       choice_timings_ms=segmenter.choice.timings_ms, choice_agreement=segmenter.choice.agreement)
+        rows.append(row)
+        print(f'  segment {network} {format_resolution(size)} {row["config"]}: {median:.1f} ms '
+              f'({row["vs_eager"]:.2f}x eager)', file=sys.stderr, flush=True)
+    return rows
+
+
+def _rotating_segment(segmenter: Segmenter, images: Sequence[np.ndarray]) -> Callable[[], Any]:
+    """A call of segment() (mask and statistics, as the node always publishes) on the next image."""
+    frames = itertools.cycle(images)
+    return lambda: segmenter.segment(next(frames), outputs=set())
+
+
+def segment_speedups(rows: Sequence[dict]) -> list[dict]:
+    """The automatic choice against plain eager fp32 PyTorch, per network and size."""
+    return [{'network': r['network'], 'resolution': r['resolution'], 'choice': r['config'].removeprefix('auto: '),
+             'auto_ms': r['p50_ms'], 'eager_ms': r['p50_ms'] * r['vs_eager'], 'speedup': r['vs_eager'],
+             'agreement_pct': r['agreement_pct'], 'startup_s': r['startup_s']}
+            for r in rows if r['config'].startswith('auto:')]
 
 
 # -- messages and the path around the network -------------------------------------------------------
@@ -407,9 +536,21 @@ def _message_steps(segmenter: Segmenter, image: np.ndarray, publisher: Any) -> d
     msg = array_to_image(image, 'rgb8')
     result = segmenter.segment(image, outputs={'color_mask', 'overlay'})
     mask_msg, overlay_msg = array_to_image(result.mask, 'mono8'), array_to_image(result.overlay, 'rgb8')
+    # The steps of segment() one by one (its private parts: what each costs at this size).
+    uploaded = segmenter._upload(image, 'rgb8')
+    logits = segmenter.forward(batch)
+    resize = segmenter._resize
     return {
         'camera Image -> array (image_to_array: a view)': lambda: image_to_array(msg),
-        'network forward (Segmenter.forward)': lambda: segmenter.forward(batch),
+        'upload (uint8 to the device, RGB order)': lambda: segmenter._upload(image, 'rgb8'),
+        'resize to the input size + normalise': lambda: segmenter._normalise(
+            resize(uploaded, segmenter.input_size, 'bilinear')),
+        f'network forward (Segmenter.forward, {segmenter.backend} {segmenter.precision})':
+            lambda: segmenter.forward(batch),
+        'post-processing: soft-max, argmax, confidence, statistics':
+            lambda: segmenter._postprocess(logits, uploaded, set(), 0.5),
+        'post-processing: + color_mask + overlay':
+            lambda: segmenter._postprocess(logits, uploaded, {'color_mask', 'overlay'}, 0.5),
         'segment, mask only (upload, forward, argmax, stats)':
             lambda: segmenter.segment(image, outputs=set()),
         'segment, mask + color_mask + overlay':
@@ -421,8 +562,9 @@ def _message_steps(segmenter: Segmenter, image: np.ndarray, publisher: Any) -> d
     }
 
 
-def _time_calls(call: Callable[[], Any], device: torch.device, iterations: int) -> np.ndarray:
-    call()
+def _time_calls(call: Callable[[], Any], device: torch.device, iterations: int, warmup: bool = True) -> np.ndarray:
+    if warmup:
+        call()
     times = np.empty(iterations)
     for index in range(iterations):
         _synchronize(device)
@@ -866,6 +1008,12 @@ def evaluate_targets(results: dict[str, Any], device: torch.device) -> list[dict
             targets.append(_target(f'training images/s >= 2x the streamed fp32 trainer ({row["network"]}, '
                                    f'{row["crop"]}, batch {row["batch"]})', row['speedup'], 2.0,
                                    higher_is_better=True, unit='x'))
+    amx = any(flag.startswith('amx') for flag in results.get('machine', {}).get('cpu_flags', []))
+    for row in results.get('segment_speedup', []) if device.type == 'cpu' else []:
+        required = 3.0 if row['network'] == 'erfnet' and amx else 2.0
+        targets.append(_target(f'segment(), automatic choice >= {required:g}x plain fp32 eager ({row["network"]}, '
+                               f'{row["resolution"]}, chose {row["choice"]})', row['speedup'], required,
+                               higher_is_better=True, unit='x'))
     overload = results.get('overload', {})
     if 'p99_over_p50' in overload:
         targets.append(_target('overload: latency bounded, p99 within 2x p50', overload['p99_over_p50'], 2.0,
@@ -947,6 +1095,16 @@ def _parser() -> argparse.ArgumentParser:
     forward.add_argument('--rotate', type=int, default=3, help='distinct inputs cycled through')
     forward.add_argument('--no-op-shares', dest='op_shares', action='store_false',
                          help='skip profiling where eager fp32 spends its time')
+    segment = parser.add_argument_group('segment')
+    segment.add_argument('--segment-networks', nargs='+', choices=list_models(), default=None)
+    segment.add_argument('--segment-resolutions', nargs='+', type=_resolutions, default=None, metavar='WxH',
+                         help='default: 640x360 1280x720 (SegFast and SegFast-Basic also 224x224, their '
+                              "paper's size, unless --no-paper-sizes)")
+    segment.add_argument('--no-paper-sizes', dest='segment_paper_sizes', action='store_false',
+                         help='leave out the papers\' sizes that are added to --segment-resolutions')
+    segment.add_argument('--images', nargs='+', type=Path, default=None, metavar='PATH',
+                         help='frames to time segment() on and to choose on (e.g. CamVid val images); '
+                              'default: the bundled sample (synthetic road scenes)')
     node = parser.add_argument_group('node, overload and messages')
     node.add_argument('--node-networks', nargs='+', choices=list_models(), default=None)
     node.add_argument('--node-configs', nargs='+', type=_node_config, default=None, metavar='CAMERASxWxH',
@@ -957,7 +1115,7 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument('--node-seconds', type=float, default=None, help='measured seconds per run')
     node.add_argument('--node-settle', type=float, default=2.0, help='seconds published before measuring')
     node.add_argument('--node-start-timeout', type=float, default=180.0)
-    node.add_argument('--node-precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
+    node.add_argument('--node-precision', default='auto', choices=PRECISIONS)
     node.add_argument('--node-forward-iterations', type=int, default=None)
     node.add_argument('--message-iterations', type=int, default=None)
     node.add_argument('--overload-seconds', type=float, default=None)
@@ -983,11 +1141,14 @@ def _defaults(args: argparse.Namespace, device: torch.device) -> None:
     choose = {
         'networks': networks,
         'resolutions': [(360, 640)] if quick or not cuda else list(RESOLUTIONS),
-        'precisions': list(DEFAULT_PRECISIONS[device.type]),
+        # bf16 on a CPU where it is native (elsewhere emulated and slower: --precisions bf16 shows it).
+        'precisions': ['fp32', 'bf16'] if not cuda and cpu_supports_bf16() else list(DEFAULT_PRECISIONS[device.type]),
         'modes': list(DEFAULT_MODES[device.type]),
         'iterations': 50 if cuda else 3,
         'repeats': 3 if cuda else 2,
         'warmup': 10 if cuda else 1,
+        'segment_networks': networks,
+        'segment_resolutions': [(360, 640)] if quick else list(NODE_RESOLUTIONS),
         'node_networks': ['enet', 'erfnet'] if cuda and not quick else ['enet'],
         'node_configs': [(1, (360, 640))] if quick else [
             (cameras, size) for size in NODE_RESOLUTIONS for cameras in (1, 4)
@@ -1020,11 +1181,16 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {'machine': machine_info(device), 'command': args.command,
                                'modes': {name: mode.description for name, mode in MODES.items()},
                                'papers': [dict(vars(f), fps=f.fps) for f in PAPER_FIGURES]}
+    if args.quick:
+        args.segment_paper_sizes = False
     with tempfile.TemporaryDirectory(prefix='seg_bench_') as tmp:
         folder = Path(tmp)
         if 'forward' in args.sections:
             results['forward'], results['skipped'] = bench_forward(args, device)
             results['speedup'] = speedups(results['forward'])
+        if 'segment' in args.sections:
+            results['segment'] = bench_segment(args, device, folder)
+            results['segment_speedup'] = segment_speedups(results['segment'])
         if {'messages', 'node', 'overload'} & set(args.sections):
             # Both this process and the node use the project's Fast DDS profile unless told otherwise.
             profile = _fastdds_profile()
@@ -1049,7 +1215,9 @@ def report(results: dict[str, Any]) -> str:
     """The results as markdown."""
     machine = results['machine']
     parts = [f'# seg-bench on {machine.get("gpu") or machine["cpu"]}',
+             f'CPU flags: {" ".join(machine.get("cpu_flags", [])) or "none of avx512f, avx512_bf16, amx"}; '
              f'torch {machine["torch"]}, onnxruntime {machine.get("onnxruntime", "-")}, '
+             f'openvino {machine.get("openvino", "-")}, '
              f'{machine["torch_threads"]} threads, OMP_WAIT_POLICY {machine["omp_wait_policy"]}, '
              f'load average {machine["load_average_1_5_15"]} at start, {machine.get("load_average_end")} '
              f'at the end; command: `{results["command"]}`']
@@ -1070,6 +1238,16 @@ def report(results: dict[str, Any]) -> str:
             'network': 'network', 'resolution': 'WxH', 'eager_fp32_ms': 'eager fp32 ms',
             'best_mode': 'fastest mode', 'best_precision': 'precision', 'best_ms': 'ms',
             'speedup': 'speed-up'})]
+    if results.get('segment'):
+        parts += ['## segment(): every backend x precision and the automatic choice', markdown_table(
+            results['segment'], {'network': 'network', 'resolution': 'WxH', 'weights': 'weights', 'config': 'runs',
+                                 'p50_ms': 'median ms', 'p99_ms': 'p99 ms', 'vs_eager': 'vs eager fp32',
+                                 'agreement_pct': 'pixels as fp32 PyTorch %', 'startup_s': 'start-up s',
+                                 'load_average': 'load'}),
+                  '### The automatic choice against plain eager fp32', markdown_table(results['segment_speedup'], {
+                      'network': 'network', 'resolution': 'WxH', 'choice': 'choice', 'eager_ms': 'eager fp32 ms',
+                      'auto_ms': 'auto ms', 'speedup': 'speed-up', 'startup_s': 'start-up s'})]
+        parts += [f'- {r["network"]} {r["resolution"]}: {r["choice"]}' for r in results['segment'] if r.get('choice')]
     if results.get('skipped'):
         parts += ['Skipped: ' + '; '.join(f'{s["network"]} {s["resolution"]} {s["precision"]} {s["mode"]} '
                                           f'({s["reason"]})' for s in results['skipped'])]

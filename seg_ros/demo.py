@@ -197,7 +197,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--model', help="network of a shipped checkpoint (segment_node's default: enet)")
     parser.add_argument('--weights', help='checkpoint file to use instead of a shipped one')
     parser.add_argument('--device', help='auto, cpu, cuda or cuda:N (default: auto)')
-    parser.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'), help='default: fp32')
+    parser.add_argument('--precision', choices=('auto', 'fp32', 'fp16', 'bf16'), help='default: auto')
     parser.add_argument('--source', default='synthetic',
                         help='synthetic, a video, an image folder, a rosbag2 or v4l2:/dev/videoN')
     parser.add_argument('--rate', type=float, default=15.0, help='camera frames per second')

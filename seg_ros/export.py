@@ -10,7 +10,8 @@ Runtime at several sizes, one of them odd (203x101 by default), and compared wit
 The graph is written by the TorchScript-based exporter (``dynamo=False``): the torch.export-based
 one needs ``onnxscript``, which the project does not depend on.
 
-``OnnxRuntimeForward`` is the ``onnxruntime`` backend of the ``Segmenter`` (CPU deployments).
+``OnnxRuntimeForward`` and ``OpenVinoForward`` are the ``onnxruntime`` and ``openvino`` backends
+of the ``Segmenter`` (CPU deployments); both run the same exported graph.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .fastpath import MAX_CHANGED_SHARE, prepare_model
 from .labels import CAMVID11
 from .models import build_model, list_models
 
-__all__ = ['ExportCheck', 'OnnxRuntimeForward', 'export_onnx', 'format_resolution', 'main',
+__all__ = ['ExportCheck', 'OnnxRuntimeForward', 'OpenVinoForward', 'export_onnx', 'format_resolution', 'main',
            'parse_resolution', 'verify_onnx']
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,15 @@ def _import_onnxruntime():
         raise ImportError('onnxruntime is not installed; install the onnx extra '
                           '(pip install "seg_ros[onnx]")') from None
     return onnxruntime
+
+
+def _import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise ImportError('openvino is not installed; install the openvino extra '
+                          '(pip install "seg_ros[openvino]")') from None
+    return openvino
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -136,6 +146,48 @@ class OnnxRuntimeForward:
                              f'on {x.device}')
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.contiguous().numpy()})
         return torch.from_numpy(logits)
+
+
+# Our precision names -> OpenVINO's inference precision hint.
+_OPENVINO_PRECISIONS = {'fp32': 'f32', 'bf16': 'bf16'}
+
+
+class OpenVinoForward:
+    """A network's forward through OpenVINO's CPU plugin, from the exported ONNX graph.
+
+    Called like the network with a float32 CPU tensor (N, 3, H, W) of any size, it returns float32
+    logits. The graph is compiled once with dynamic batch, height and width (measured no slower
+    than one compiled per static shape, ENet and ERFNet at 640x360).
+
+    Args:
+        model: a float32 CPU network in eval mode (``prepare_model``), or serialised ONNX bytes.
+        precision: ``fp32`` or ``bf16`` (OpenVINO's inference precision: weights and activations in
+            bf16, accumulation in fp32; fast only where the CPU has bf16 instructions).
+        example_size: size the graph is traced at (any size works afterwards).
+        threads: inference threads; default the number PyTorch uses. Threads are not pinned to cores:
+            on a CPU shared with other processes a pinned thread waits for its own core.
+    """
+
+    def __init__(self, model: nn.Module | bytes, *, precision: str = 'fp32',
+                 example_size: tuple[int, int] = (64, 96), threads: int | None = None) -> None:
+        if precision not in _OPENVINO_PRECISIONS:
+            raise ValueError(f'the openvino backend runs {" or ".join(_OPENVINO_PRECISIONS)}, not {precision!r}')
+        ov = _import_openvino()
+        if isinstance(model, nn.Module):
+            model = export_onnx(model, example_size=example_size)
+        config = {'INFERENCE_PRECISION_HINT': _OPENVINO_PRECISIONS[precision], 'PERFORMANCE_HINT': 'LATENCY',
+                  'NUM_STREAMS': 1, 'INFERENCE_NUM_THREADS': threads or torch.get_num_threads(),
+                  'ENABLE_CPU_PINNING': False}
+        core = ov.Core()
+        self.precision = precision
+        self._request = core.compile_model(core.read_model(model=model), 'CPU', config).create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != 'cpu' or x.dtype != torch.float32:
+            raise ValueError(f'the openvino backend takes float32 CPU tensors, got {x.dtype} on {x.device}')
+        self._request.infer({INPUT_NAME: x.contiguous().numpy()}, share_inputs=True)
+        # The request reuses its output buffer on the next call: the caller gets its own copy.
+        return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
 
 
 @dataclass(frozen=True)

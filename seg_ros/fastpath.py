@@ -6,8 +6,6 @@
 - ``StaticShapeForward``: ``torch.compile`` and/or a captured CUDA graph per input shape, for the
   few fixed shapes a segmenter sees (its input size, times the number of cameras batched), with an
   eager fallback for any other shape.
-- ``build_forward``: the forward callable of a backend (``torch``, ``onnxruntime``, or ``auto``,
-  which times both on the real input and keeps the faster).
 - ``latencies_ms``: the timer all of them and the benchmark use (CUDA-synchronised).
 
 Folding needs to know which batch-norm reads which convolution's output (or feeds which
@@ -30,20 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ['BACKENDS', 'DTYPES', 'MAX_CHANGED_SHARE', 'StaticShapeForward', 'build_forward', 'fold_batchnorm',
-           'latencies_ms', 'prepare_model']
+__all__ = ['DTYPES', 'MAX_CHANGED_SHARE', 'Forward', 'StaticShapeForward', 'fold_batchnorm', 'latencies_ms',
+           'prepare_model']
 
 log = logging.getLogger(__name__)
 
 _FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d)
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-BACKENDS = ('auto', 'torch', 'onnxruntime')
 # Share of a network's outputs that may move beyond the tolerance after folding or export (a
 # near-tie of a max-pool can flip; see fold_batchnorm) before the result counts as a different network.
 MAX_CHANGED_SHARE = 1e-3
-# ``auto`` keeps ONNX Runtime only when it is faster by more than timing noise.
-AUTO_MARGIN = 0.9
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -292,36 +287,3 @@ class StaticShapeForward:
                         'CUDA graph capture' if self._cuda_graph else 'torch.compile', tuple(example.shape),
                         str(error).splitlines()[0] if str(error) else type(error).__name__)
             return self.model
-
-
-def build_forward(model: nn.Module, example: torch.Tensor, *, backend: str = 'torch', compile: bool = False,
-                  cuda_graph: bool = False) -> tuple[str, Forward, dict[str, float]]:
-    """The forward callable for ``backend``: (backend used, forward, median ms per backend timed).
-
-    ``model`` is a ``prepare_model`` network and ``example`` an input as the caller will pass them
-    (device, dtype, memory format, shape). ``onnxruntime`` serves fp32 on a CPU. ``auto`` keeps
-    PyTorch on CUDA or at reduced precision; on a CPU at fp32 it times both backends on
-    ``example`` and takes ONNX Runtime only if its median is below ``AUTO_MARGIN`` times PyTorch's.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f'backend {backend!r} is not one of {", ".join(BACKENDS)}')
-    torch_forward: Forward = (StaticShapeForward(model, compile=compile, cuda_graph=cuda_graph)
-                              if compile or cuda_graph else model)
-    ort_possible = example.device.type == 'cpu' and example.dtype == torch.float32
-    if backend == 'torch' or (backend == 'auto' and not ort_possible):
-        return 'torch', torch_forward, {}
-    if not ort_possible:
-        raise ValueError(f'the onnxruntime backend runs fp32 on a CPU, not {example.dtype} on '
-                         f'{example.device}; use backend "torch" (or "auto")')
-    from .export import OnnxRuntimeForward  # imports onnxruntime, an optional dependency
-
-    ort_forward = OnnxRuntimeForward(model, example_size=tuple(example.shape[-2:]))
-    if backend == 'onnxruntime':
-        return 'onnxruntime', ort_forward, {}
-    with torch.inference_mode():  # as the Segmenter calls it
-        timings = {name: float(np.median(latencies_ms(forward, [example], iterations=3, warmup=1)))
-                   for name, forward in (('torch', torch_forward), ('onnxruntime', ort_forward))}
-    chosen = 'onnxruntime' if timings['onnxruntime'] < AUTO_MARGIN * timings['torch'] else 'torch'
-    log.info('backend auto: torch %.1f ms, onnxruntime %.1f ms per forward at %s; using %s',
-             timings['torch'], timings['onnxruntime'], tuple(example.shape), chosen)
-    return chosen, ort_forward if chosen == 'onnxruntime' else torch_forward, timings

@@ -19,8 +19,8 @@ from . import __version__
 
 __all__ = ['clock_duration', 'cpu_flags', 'machine_info', 'markdown_table']
 
-# The flags that decide whether reduced precision is native on an x86 CPU (AMX tiles, AVX512-BF16/FP16).
-PRECISION_FLAGS = ('amx_bf16', 'amx_fp16', 'amx_tile', 'avx512_bf16', 'avx512_fp16')
+# Prefixes of the x86 flags that decide whether reduced precision is native (AMX, AVX512-BF16/FP16, VNNI).
+PRECISION_FLAGS = ('amx', 'avx512_bf16', 'avx512_fp16', 'avx512_vnni', 'avx512f')
 
 
 def clock_duration(seconds: float | None) -> str | None:
@@ -51,17 +51,17 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> s
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    """What the figures were measured on."""
+    """What the figures were measured on: CPU and its precision flags, libraries, GPU."""
+    from .backends import SERVES, cpu_name, library_versions
+
     info: dict[str, Any] = {
         'seg_ros': __version__, 'torch': torch.__version__, 'python': platform.python_version(),
-        'platform': platform.platform(), 'cpu': _cpu_name(), 'cpu_flags': cpu_flags(), 'cpu_cores': os.cpu_count(),
+        'platform': platform.platform(), 'cpu': cpu_name(), 'cpu_flags': cpu_flags(), 'cpu_cores': os.cpu_count(),
         'torch_threads': torch.get_num_threads(), 'device': str(device),
         'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'default (active)'),
         'load_average_1_5_15': [round(v, 2) for v in os.getloadavg()],
     }
-    with contextlib.suppress(ImportError):
-        import onnxruntime
-        info['onnxruntime'] = onnxruntime.__version__
+    info.update({name: version for name, version in library_versions().items() if name in SERVES and version})
     if device.type == 'cuda':
         properties = torch.cuda.get_device_properties(device)
         info.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2 ** 30, 1),
@@ -70,21 +70,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    return platform.processor() or 'unknown'
-
-
 def cpu_flags() -> list[str]:
-    """This CPU's flags among ``PRECISION_FLAGS`` (from /proc/cpuinfo; empty elsewhere)."""
+    """The CPU's instruction-set flags that decide reduced-precision speed (bf16, fp16, AMX, VNNI)."""
     with contextlib.suppress(OSError):
         for line in Path('/proc/cpuinfo').read_text().splitlines():
             if line.startswith('flags'):
-                present = set(line.split(':', 1)[1].split())
-                return [flag for flag in PRECISION_FLAGS if flag in present]
+                return sorted(flag for flag in line.split(':', 1)[1].split() if flag.startswith(PRECISION_FLAGS))
     return []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
 os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
                       str(Path(__file__).resolve().parents[1] / 'config' / 'fastdds.xml'))
+# Decisions of the automatic backend choice go to a cache of this run, not the user's.
+os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='seg_ros_test_cache_')
 
 import torch
 

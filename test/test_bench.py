@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from seg_ros.backends import candidates
 from seg_ros.bench import MODES, PAPER_FIGURES, evaluate_targets, main
 from seg_ros.inference import resolve_precision
 from seg_ros.models import build_model, count_parameters
@@ -24,16 +25,16 @@ def run(tmp_path, capsys, *argv: str) -> tuple[dict, str]:
 def test_forward_and_training_figures_are_complete_and_consistent(tmp_path, capsys):
     results, markdown = run(
         tmp_path, capsys, '--sections', 'forward', 'training', '--networks', 'enet', '--resolutions', '96x64',
-        '--precisions', 'fp32', 'bf16', '--modes', 'eager', 'channels_last', 'onnxruntime', 'cuda_graph',
+        '--precisions', 'fp32', 'bf16', '--modes', 'eager', 'channels_last', 'onnxruntime', 'openvino', 'cuda_graph',
         '--iterations', '2', '--repeats', '2', '--warmup', '1', '--train-size', '32x32',
         '--train-iterations', '1', '--train-batch', '2', '--train-networks', 'enet')
     assert results['command'].startswith('seg-bench --sections forward training')
     assert results['machine']['torch'] == torch.__version__ and len(results['machine']['load_average_1_5_15']) == 3
 
     rows = {row['mode']: row for row in results['forward'] if row['precision'] == 'fp32'}
-    assert sorted(rows) == ['channels_last', 'eager', 'onnxruntime']
+    assert sorted(rows) == ['channels_last', 'eager', 'onnxruntime', 'openvino']
     bf16 = {row['mode']: row for row in results['forward'] if row['precision'] == 'bf16'}
-    assert sorted(bf16) == ['channels_last', 'eager']  # ONNX Runtime serves fp32 only
+    assert sorted(bf16) == ['channels_last', 'eager', 'openvino']  # ONNX Runtime serves fp32 only
     native = resolve_precision('bf16', torch.device('cpu'))[0] == 'bf16'
     assert all(row['native_precision'] == native for row in bf16.values())
     assert all(row['native_precision'] for row in rows.values())
@@ -49,8 +50,10 @@ def test_forward_and_training_figures_are_complete_and_consistent(tmp_path, caps
         assert row['params'] == count_parameters(model)
         assert row['gflops'] == pytest.approx(counter.get_total_flops() / 1e9)
         assert row['gmacs'] == pytest.approx(row['gflops'] / 2)
-        assert row['weights_mib'] > 0 and row['backend'] == MODES[mode].backend
-        assert (row['peak_activation_mib'] is None) == (mode == 'onnxruntime')
+        assert row['backend'] == MODES[mode].backend
+        on_torch = row['backend'] == 'torch'  # the other runtimes' weights and memory are their own
+        assert (row['weights_mib'] is None, row['peak_activation_mib'] is None) == (not on_torch, not on_torch)
+    assert bf16['eager']['weights_mib'] == pytest.approx(rows['eager']['weights_mib'] / 2, rel=0.01)
     assert rows['eager']['peak_activation_mib'] > 0
     shares = rows['eager']['op_shares_pct']
     assert shares['convolution'] > 0 and sum(shares.values()) == pytest.approx(100, abs=1)
@@ -58,10 +61,10 @@ def test_forward_and_training_figures_are_complete_and_consistent(tmp_path, caps
     skipped = {(s['precision'], s['mode']): s['reason'] for s in results['skipped']}
     assert skipped == {('fp32', 'cuda_graph'): 'CUDA graphs need a CUDA device',
                        ('bf16', 'cuda_graph'): 'CUDA graphs need a CUDA device',
-                       ('bf16', 'onnxruntime'): 'the ONNX Runtime backend runs fp32 on a CPU'}
+                       ('bf16', 'onnxruntime'): 'the onnxruntime backend runs fp32 on a CPU'}
 
     (speedup,) = results['speedup']
-    fastest = min([rows['channels_last'], rows['onnxruntime'], *bf16.values()], key=lambda r: r['p50_ms'])
+    fastest = min([r for r in [*rows.values(), *bf16.values()] if r['mode'] != 'eager'], key=lambda r: r['p50_ms'])
     assert speedup['best_mode'] == fastest['mode']
     assert speedup['speedup'] == pytest.approx(rows['eager']['p50_ms'] / fastest['p50_ms'])
     forward_target, training_target = results['targets']
@@ -90,7 +93,10 @@ def test_node_sections_measure_the_real_node_over_dds(tmp_path, capsys):
         '--node-forward-iterations', '2', '--threads', '1')  # the node and the probe too, as conftest
 
     steps = {row['step']: row for row in results['messages']}
-    assert len(steps) == 8 and all(row['p50_ms'] > 0 for row in steps.values())
+    assert len(steps) == 12 and all(row['p50_ms'] > 0 for row in steps.values())
+    # The steps of segment() one by one, the forward named with the backend it runs.
+    assert any(step.startswith('network forward (Segmenter.forward, ') for step in steps)
+    assert 'post-processing: soft-max, argmax, confidence, statistics' in steps
 
     (node,) = results['node']
     assert 0 < node['received'] <= node['published']
@@ -114,6 +120,27 @@ def test_node_sections_measure_the_real_node_over_dds(tmp_path, capsys):
     flat = targets['overload: node memory flat (end / settled minimum)']
     assert flat['measured'] == pytest.approx(overload['rss_end_mib'] / overload['rss_settled_min_mib'])
     assert '## segment_node end to end over DDS' in markdown and '## Overload' in markdown
+
+
+def test_segment_section_times_every_backend_and_the_automatic_choice(tmp_path, capsys):
+    results, markdown = run(tmp_path, capsys, '--sections', 'segment', '--segment-networks', 'enet',
+                            '--segment-resolutions', '96x64', '--iterations', '2', '--repeats', '1')
+    rows = {row['config']: row for row in results['segment']}
+    (auto,) = [row for name, row in rows.items() if name.startswith('auto: ')]
+    expected = {'eager fp32', *(str(c) for c in candidates(torch.device('cpu')))}
+    assert set(rows) - {auto['config']} == expected
+    assert auto['config'] == f"auto: {auto['backend']} {auto['precision']}" and auto['startup_s'] > 0
+    assert auto['choice'].startswith(auto['config'].removeprefix('auto: ') + ' (measured in')
+    eager = rows['eager fp32']
+    for row in rows.values():
+        assert row['weights'] == 'shipped' and row['iterations'] == 2 and 0 < row['p50_ms'] <= row['p99_ms']
+        assert row['vs_eager'] == pytest.approx(eager['p50_ms'] / row['p50_ms'])
+    assert rows['torch fp32']['agreement_pct'] == 100 and auto['agreement_pct'] >= 99.5
+    (speedup,) = results['segment_speedup']
+    assert speedup['speedup'] == auto['vs_eager'] and speedup['choice'] == auto['config'].removeprefix('auto: ')
+    (target,) = results['targets']
+    assert target['target'].startswith('segment(), automatic choice >= 2x plain fp32 eager (enet, 96x64')
+    assert '## segment(): every backend x precision and the automatic choice' in markdown
 
 
 def test_targets_say_by_how_much_they_are_missed():

@@ -10,6 +10,7 @@ import torch
 
 from seg_ros.export import (
     ExportCheck,
+    OpenVinoForward,
     export_onnx,
     format_resolution,
     main,
@@ -46,6 +47,10 @@ def test_every_network_exports_and_matches_pytorch_at_any_size(name):
     for check in checks:
         assert check.passed(), f'{name} at {check.size}: {check}'
         assert check.argmax_agreement > 0.999 and check.max_abs_logit > 0
+    # OpenVINO runs the same graph (ENet's pooling indices as comparisons, see enet.py).
+    x = torch.randn(2, 3, 37, 53)
+    with torch.inference_mode():
+        torch.testing.assert_close(OpenVinoForward(onnx_model)(x), model(x), atol=1e-4, rtol=1e-3)
 
 
 def test_export_refuses_what_it_cannot_trace_faithfully():

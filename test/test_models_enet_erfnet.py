@@ -17,6 +17,7 @@ from seg_ros.models.enet import (
     InitialBlock,
     RegularBottleneck,
     UpsamplingBottleneck,
+    max_pool2x2_with_indices,
     max_unpool2x2,
 )
 from seg_ros.models.erfnet import DownsamplerBlock, NonBottleneck1d, UpsamplerBlock
@@ -49,6 +50,16 @@ def test_max_unpool_matches_torch_and_routes_gradients():
     (unpooled * weights).sum().backward()
     expected = weights.flatten(2).gather(2, indices.flatten(2)).view_as(pooled)
     assert torch.equal(pooled.grad, expected)
+
+
+def test_traced_pooling_indices_match_torch_with_ties():
+    # Ties in every window position (post-ReLU zeros, repeated values): the first maximum in row
+    # order, as PyTorch's kernel takes it, whether computed eagerly or by the traced comparisons.
+    x = torch.randint(0, 3, (2, 4, 10, 14)).float()
+    traced = torch.jit.trace(max_pool2x2_with_indices, (torch.randn(1, 2, 6, 8),))
+    expected = F.max_pool2d(x, 2, stride=2, return_indices=True)
+    for got in (traced(x), max_pool2x2_with_indices(x)):
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 def test_enet_follows_table_1():

@@ -521,7 +521,10 @@ def test_diagnostics_report_each_camera_and_the_model(ros: Ros, start_node) -> N
     assert int(fields['frames published']) >= 1
     assert {'dropped frames', 'bad frames', 'failed frames', 'incompatible QoS'} <= fields.keys()
     model = values(probe.status('model'))
-    assert (model['model'], model['device'], model['precision']) == (CHANNEL_NET, 'cpu', 'fp32')
+    assert (model['model'], model['device']) == (CHANNEL_NET, 'cpu')
+    # backend and precision auto (the defaults): what was chosen, and how, is reported.
+    assert model['backend choice'].startswith(f"{model['backend']} {model['precision']} (")
+    assert ' ms (100.00 % agree)' in model['backend choice']  # the candidates' timings
     assert model['input size'] == f'{HEIGHT}x{WIDTH}'
 
     silent = wait_for(lambda: (s := probe.status('/t8/image_raw')) and s.level == DiagnosticStatus.WARN and s,

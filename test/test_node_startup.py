@@ -53,7 +53,7 @@ MISCONFIGURATIONS = {  # name: (parameters, words the message must hold); file n
     'cuda device absent': ({'weights': 'channel', 'device': f'cuda:{torch.cuda.device_count()}'},
                            [f'cuda:{torch.cuda.device_count()}', 'CUDA']),
     'unknown precision': ({'weights': 'channel', 'precision': 'fp8'},
-                          ['precision', 'fp8', 'fp32, fp16, bf16']),
+                          ['precision', 'fp8', 'auto, fp32, fp16, bf16']),
     'out of range': ({'weights': 'channel', 'overlay_alpha': 1.5}, ['overlay_alpha', 'out of range']),
     'wrong type': ({'weights': 'channel', 'qos_depth': 'deep'}, ['qos_depth', 'INTEGER']),
     'half an input size': ({'weights': 'channel', 'input_height': 32}, ['input_height', 'set both']),

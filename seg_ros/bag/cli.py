@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..backends import BACKENDS
 from ..inference import PRECISIONS
 from ..labels import list_label_sets
 from .evaluate import EXPECTED_ERRORS, EvaluationOptions, evaluate_bag
@@ -149,7 +150,11 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                         help='frame indices (as in frames.jsonl) to put in the mosaic instead')
     network = parser.add_argument_group('inference')
     network.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default: auto)')
-    network.add_argument('--precision', choices=PRECISIONS, default='fp32')
+    network.add_argument('--precision', choices=PRECISIONS, default='auto',
+                         help='auto: measured with --backend at start-up (default: auto)')
+    network.add_argument('--backend', choices=BACKENDS, default='auto',
+                         help='auto: the fastest whose masks agree with fp32 PyTorch, measured at start-up and '
+                              'cached (default: auto)')
     network.add_argument('--input-size', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'),
                          help="network input size (default: each checkpoint's training size)")
     runs = parser.add_argument_group('several runs')
@@ -294,8 +299,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             outputs=args.outputs, jpeg_quality=args.jpeg_quality, write_video=not args.no_video,
             video_panels=args.video_panels, panel_height=args.panel_height, video_fps=args.video_fps,
             mosaic_frames=args.mosaic_frames, mosaic_at=args.mosaic_at, device=args.device,
-            precision=args.precision, input_size=tuple(args.input_size) if args.input_size else None,
-            progress=not args.quiet)
+            precision=args.precision, backend=args.backend,
+            input_size=tuple(args.input_size) if args.input_size else None, progress=not args.quiet)
         if len(bags) == 1 and args.workers == 1 and not args.scheduler:
             return _print_summary(evaluate_bag(options), args.out)
         combined = evaluate_runs(replace(options, progress=False), bags, workers=args.workers,

@@ -91,7 +91,8 @@ class EvaluationOptions:
     mosaic_frames: int = 4
     mosaic_at: list[int] | None = None
     device: str = 'auto'
-    precision: str = 'fp32'
+    precision: str = 'auto'
+    backend: str = 'auto'
     input_size: tuple[int, int] | None = None
     progress: bool = True
 
@@ -258,7 +259,7 @@ def _load_models(options: EvaluationOptions) -> dict[str, Segmenter]:
     models = {}
     for name, path in options.checkpoints.items():
         models[name] = Segmenter(path, device=options.device, precision=options.precision,
-                                 input_size=options.input_size)
+                                 backend=options.backend, input_size=options.input_size)
         log.info('model %s: %s', name, models[name].describe())
     return models
 
@@ -435,6 +436,7 @@ class _Evaluation:
             'stride': self.options.stride,
             'device': str(first.device),
             'precision': first.precision,
+            'backend': first.backend,
             'wall_time_s': wall,
             'frames_per_second': frames / wall if wall > 0 else 0.0,
             'output_bag': None if self.output_bag is None else 'bag',

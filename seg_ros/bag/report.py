@@ -68,7 +68,8 @@ def _bag_section(report: dict[str, Any]) -> list[str]:
     lines = ['# seg-bag report', '',
              f'Bag `{bag["path"]}` ({bag["storage"]}), {bag["duration_s"]:.2f} s; evaluated {window}, '
              f'stride {run["stride"]}: {run["frames"]} frames in {run["wall_time_s"]:.1f} s '
-             f'({run["frames_per_second"]:.2f} frames/s) on {run["device"]} at {run["precision"]}.', '']
+             f'({run["frames_per_second"]:.2f} frames/s) on {run["device"]} at {run["precision"]} '
+             f'({run["backend"]}).', '']
     stopped = report['stopped']
     if stopped:
         at = 'before the first message' if stopped['last_time_s'] is None else \

@@ -9,6 +9,11 @@ from torch import nn
 __all__ = ['SegmentationNet']
 
 
+def is_symbolic() -> bool:
+    """Whether the forward is being traced or exported (ONNX, ``torch.export``) rather than run."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 class SegmentationNet(nn.Module):
     """Base class of the networks.
 
@@ -42,8 +47,7 @@ class SegmentationNet(nn.Module):
         # A traced or exported graph pads and crops by the amounts computed from the shape, always,
         # so that it serves every input size and not only the one it was traced at; eager calls skip
         # the copy that a zero padding would cost.
-        symbolic = torch.jit.is_tracing() or torch.compiler.is_exporting()
-        if not (symbolic or pad_h or pad_w):
+        if not (is_symbolic() or pad_h or pad_w):
             return self.forward_padded(x, **options)
         padded = F.pad(x, (0, pad_w, 0, pad_h))
         out = self.forward_padded(padded, **options)

@@ -48,7 +48,7 @@ from torch import nn
 
 from ._base import SegmentationNet
 from ._registry import register_model
-from .enet import max_unpool2x2
+from .enet import max_pool2x2_with_indices, max_unpool2x2
 
 __all__ = ['BasicUnit', 'ContextEncoding', 'DSNet', 'DownUnit', 'InitUnit', 'UpUnit', 'channel_shuffle',
            'dsnet']
@@ -144,7 +144,6 @@ class DownUnit(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         half = out_channels // 2
-        self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
         self.pooled_projection = ConvBNReLU(in_channels, half)
         self.branch = nn.Sequential(
             ConvBNReLU(in_channels, half),
@@ -153,7 +152,7 @@ class DownUnit(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled, indices = self.pool(x)
+        pooled, indices = max_pool2x2_with_indices(x)  # exports without OpenVINO's slow indices kernel
         out = torch.cat([self.pooled_projection(pooled), self.branch(x)], dim=1)
         return channel_shuffle(out, _SHUFFLE_GROUPS), indices
 

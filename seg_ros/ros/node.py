@@ -65,8 +65,8 @@ from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension, MultiArrayLayout, String
 
+from ..backends import BACKENDS
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..fastpath import BACKENDS
 from ..inference import PRECISIONS, SegmentationError, SegmentationResult, Segmenter
 from ..models import list_models
 from ..outputs import output_prefix, stats_dimensions, stats_table
@@ -103,10 +103,12 @@ PARAMETERS: dict[str, ParameterSpec] = {
         ['camera/image_raw'], 'camera topics (relative names are in the node namespace); a name ending in '
         '/compressed is a sensor_msgs/CompressedImage', read_only=True),
     'device': ParameterSpec('auto', 'auto (CUDA when available), cpu, cuda or cuda:N', read_only=True),
-    'precision': ParameterSpec('fp32', 'inference precision', read_only=True, choices=PRECISIONS),
+    'precision': ParameterSpec(
+        'auto', 'inference precision; auto: measured with backend at start-up (fp32, and bf16 where native)',
+        read_only=True, choices=PRECISIONS),
     'backend': ParameterSpec(
-        'torch', 'torch, onnxruntime (CPU, fp32) or auto (times both at start on a CPU, keeps the faster)',
-        read_only=True, choices=BACKENDS),
+        'auto', 'torch, onnxruntime (CPU, fp32), openvino (CPU, fp32/bf16) or auto (the fastest whose masks agree '
+        'with fp32 PyTorch, measured at start-up and cached)', read_only=True, choices=BACKENDS),
     'compile': ParameterSpec(
         False, 'torch.compile the network for the input shapes it sees (minutes of start-up on a CPU)',
         read_only=True),
@@ -635,6 +637,8 @@ class SegmentNode(Node):
             'labels': f'{segmenter.labels.name} ({segmenter.num_classes} classes)',
             'device': str(segmenter.device),
             'precision': segmenter.precision,
+            'backend': segmenter.backend,
+            'backend choice': segmenter.choice.summary(),
             'input size': f'{segmenter.input_size[0]}x{segmenter.input_size[1]}',
             'output size': segmenter.output_size,
             'inference p50 (ms)': f'{np.median(inference):.1f}' if inference.size else 'nan',

@@ -13,8 +13,10 @@ candidate on the run's own network, crop and batch, and keep the fastest.
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import SegmentationDataset, TrainTransform
+from ..data import SegmentationDataset, TrainTransform, build_dataset
 from ..data.memory import BatchAugment, FramesInMemory, InMemoryLoader, PerFrameAugment
 from ..inference import resolve_precision
 from ..labels import IGNORE_INDEX
@@ -174,6 +176,19 @@ def images_per_second(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     return images / (time.perf_counter() - started)
 
 
+def streamed_images_per_second(network: str, dataset_spec: tuple[str, str, str], device: str, *, batch: int,
+                               crop: tuple[int, int], batches: int, threads: int) -> float:
+    """Images/s of the trainer as it was: fp32, NCHW, every batch decoded and augmented by DataLoader workers."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    transform = TrainTransform(crop, scale_range=(0.5, 1.5), hflip=True)
+    dataset = build_dataset(*dataset_spec, transform=transform)
+    net = build_model(network, dataset.label_set.num_classes)
+    streamed = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=STREAMED_WORKERS)
+    return images_per_second(streamed, training_step(net, StepSettings('fp32', False), torch.device(device)),
+                             torch.device(device), count=batches)
+
+
 def compare_trainers(network: str, dataset: SegmentationDataset, device: torch.device, *, batch: int,
                      crop: Sequence[int], batches: int = 3) -> list[dict[str, Any]]:
     """Training images/s of ``network`` on ``dataset``: the streamed fp32 trainer, then today's.
@@ -190,11 +205,12 @@ def compare_trainers(network: str, dataset: SegmentationDataset, device: torch.d
     if len(dataset) < needed:
         raise ValueError(f'{dataset!r}: {len(dataset)} frames, fewer than the {needed} the measurement reads')
 
-    dataset.transform = transform
-    streamed = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=STREAMED_WORKERS)
-    before = images_per_second(streamed, training_step(copy.deepcopy(net), StepSettings('fp32', False), device),
-                               device, count=batches)
-    dataset.transform = None
+    # In a process of its own: a process that has run DataLoader worker processes crashed later in an
+    # rclpy run (seg-bench's node sections, in the tests).
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:
+        before = pool.submit(streamed_images_per_second, network, (dataset.name, str(dataset.root), dataset.split),
+                             str(device), batch=batch, crop=tuple(crop), batches=batches,
+                             threads=torch.get_num_threads()).result()
 
     choice = choose_step_settings(net, device, batch=batch, crop=crop, num_classes=num_classes)
     on_device = device.type == 'cuda'
