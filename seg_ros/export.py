@@ -17,6 +17,7 @@ of the ``Segmenter`` (CPU deployments); both run the same exported graph.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import logging
@@ -62,6 +63,13 @@ def _import_openvino():
         raise ImportError('openvino is not installed; install the openvino extra '
                           '(pip install "seg_ros[openvino]")') from None
     return openvino
+
+
+@functools.cache
+def _openvino_core(ov):
+    """One OpenVINO runtime per process, as its documentation advises: each ``Core`` loads the CPU
+    plugin and its thread pools again."""
+    return ov.Core()
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -178,7 +186,7 @@ class OpenVinoForward:
         config = {'INFERENCE_PRECISION_HINT': _OPENVINO_PRECISIONS[precision], 'PERFORMANCE_HINT': 'LATENCY',
                   'NUM_STREAMS': 1, 'INFERENCE_NUM_THREADS': threads or torch.get_num_threads(),
                   'ENABLE_CPU_PINNING': False}
-        core = ov.Core()
+        core = _openvino_core(ov)
         self.precision = precision
         self._request = core.compile_model(core.read_model(model=model), 'CPU', config).create_infer_request()
 
