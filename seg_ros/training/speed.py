@@ -23,14 +23,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ..data import SegmentationDataset, TrainTransform, build_dataset
-from ..data.memory import BatchAugment, FramesInMemory, InMemoryLoader, PerFrameAugment
+from ..data.memory import FramesInMemory
 from ..inference import resolve_precision
 from ..labels import IGNORE_INDEX
 from ..models import build_model
 from .evaluate import autocast_context
+from .feeding import train_loader
 
 __all__ = ['StepChoice', 'StepSettings', 'candidate_settings', 'choose_step_settings', 'compare_trainers',
            'compile_pays',
@@ -181,10 +181,10 @@ def streamed_images_per_second(network: str, dataset_spec: tuple[str, str, str],
     """Images/s of the trainer as it was: fp32, NCHW, every batch decoded and augmented by DataLoader workers."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    transform = TrainTransform(crop, scale_range=(0.5, 1.5), hflip=True)
-    dataset = build_dataset(*dataset_spec, transform=transform)
+    dataset = build_dataset(*dataset_spec, transform=TrainTransform(crop, scale_range=(0.5, 1.5), hflip=True))
     net = build_model(network, dataset.label_set.num_classes)
-    streamed = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=STREAMED_WORKERS)
+    streamed = train_loader(dataset, torch.randperm(len(dataset)).tolist(), batch, None, on_device=False,
+                            workers=STREAMED_WORKERS, pin_memory=False)
     return images_per_second(streamed, training_step(net, StepSettings('fp32', False), torch.device(device)),
                              torch.device(device), count=batches)
 
@@ -200,7 +200,6 @@ def compare_trainers(network: str, dataset: SegmentationDataset, device: torch.d
     num_classes = dataset.label_set.num_classes
     torch.manual_seed(0)
     net = build_model(network, num_classes)
-    transform = TrainTransform(tuple(crop), scale_range=(0.5, 1.5), hflip=True)
     needed = batch * (batches + 1)
     if len(dataset) < needed:
         raise ValueError(f'{dataset!r}: {len(dataset)} frames, fewer than the {needed} the measurement reads')
@@ -213,10 +212,12 @@ def compare_trainers(network: str, dataset: SegmentationDataset, device: torch.d
                              threads=torch.get_num_threads()).result()
 
     choice = choose_step_settings(net, device, batch=batch, crop=crop, num_classes=num_classes)
-    on_device = device.type == 'cuda'
+    on_device = device.type == 'cuda'  # as the trainer decides with data.batch_augment: auto
+    train_set = build_dataset(dataset.name, dataset.root, dataset.split,
+                              TrainTransform(tuple(crop), scale_range=(0.5, 1.5), hflip=True))
     frames = FramesInMemory.load(dataset, device if on_device else torch.device('cpu'))
-    augment = BatchAugment(transform.crop_size, transform.scale_range) if on_device else PerFrameAugment(transform)
-    loader = InMemoryLoader(frames, torch.randperm(len(frames)).tolist(), batch, augment)
+    loader = train_loader(train_set, torch.randperm(len(frames)).tolist(), batch, frames, on_device=on_device,
+                          workers=0, pin_memory=False)
     now = images_per_second(loader, training_step(copy.deepcopy(net), choice.settings, device), device,
                             count=batches)
     common = {'network': network, 'batch': batch, 'crop': f'{crop[1]}x{crop[0]}'}
