@@ -60,6 +60,12 @@ def _run(module: str) -> int:
         main = importlib.import_module(module).main
     except KeyboardInterrupt:  # stopped while loading: nothing started yet
         return 0
+    except Exception:
+        # Raised inside a C extension's initialisation (rclpy's), the interrupt surfaces as that
+        # module's ImportError: after a stop signal, a failed import is the stop, not a fault.
+        if stop_requested():
+            return 0
+        raise
     return main()
 
 
