@@ -26,9 +26,9 @@ CONSOLE_SCRIPTS = {
     'seg-eval': 'seg_ros.training.cli:eval_main',
     'seg-study': 'seg_ros.training.studies:main',
     'seg-bag': 'seg_ros.bag.cli:main',
-    'seg-bench': 'seg_ros.bench:main',
-    'seg-export': 'seg_ros.export:main',
-    'seg-demo': 'seg_ros.demo:main',
+    'seg-bench': 'seg_ros.bench.cli:main',
+    'seg-export': 'seg_ros.inference.cli:main',
+    'seg-demo': 'seg_ros.ros.demo:main',
     'seg-models': 'seg_ros.models.cli:main',
 }
 

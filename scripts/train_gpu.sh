@@ -51,7 +51,7 @@ for network in $NETWORKS; do
     # quarter of the share kept for validation, start-up and the step timing itself.
     epochs=${TRAIN_GPU_EPOCHS:-$("$PY" - "$network" "$DEVICE" "$BATCH" "$CROP_H" "$CROP_W" "$share_s" <<'EOF'
 import sys
-from seg_ros.inference import resolve_device
+from seg_ros.inference.segmenter import resolve_device
 from seg_ros.models import build_model
 from seg_ros.training.speed import choose_step_settings, fastest_of, step_timer
 network, device, batch, height, width, share = sys.argv[1], resolve_device(sys.argv[2]), *map(int, sys.argv[3:])
@@ -82,7 +82,7 @@ done
 
 echo "== seg-bench on $DEVICE"
 # shellcheck disable=SC2086  # TRAIN_GPU_BENCH is a list of arguments
-"$PY" -c 'import sys; from seg_ros.bench import main; sys.exit(main(sys.argv[1:]))' --device "$DEVICE" \
+"$PY" -c 'import sys; from seg_ros.bench.cli import main; sys.exit(main(sys.argv[1:]))' --device "$DEVICE" \
     --json "$OUT/bench.json" ${TRAIN_GPU_BENCH:---sections forward training} > "$OUT/bench.md" 2> "$OUT/bench.log" \
     || echo "== seg-bench failed (see bench.log)"
 tail -n 5 "$OUT/bench.md"

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .labels import LabelSet
-from .models import build_model
+from seg_ros.labels import LabelSet
+from seg_ros.models import build_model
 
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'Checkpoint', 'CheckpointError', 'atomic_torch_save',
            'load_checkpoint', 'save_checkpoint']

@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 import yaml
 
-from .labels import IGNORE_INDEX, LabelSet
-from .paths import share_dirs
+from seg_ros.labels import IGNORE_INDEX, LabelSet
+from seg_ros.paths import share_dirs
 
 __all__ = ['CLASS_ROLES', 'FREE', 'OCCUPANCY', 'OCCUPIED', 'UNKNOWN', 'CameraModel', 'CameraPose',
            'GroundError', 'GroundGrid', 'GroundLayer', 'GroundLookup', 'build_lookup', 'class_role_table',

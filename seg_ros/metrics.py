@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from seg_ros.labels import IGNORE_INDEX
+from seg_ros.vocabulary import percent
 
 __all__ = ['CITYSCAPES_CATEGORIES', 'CITYSCAPES_CATEGORY_NAMES', 'ConfusionMatrix']
 
@@ -72,11 +73,6 @@ def _tallies(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _iou(counts: np.ndarray) -> np.ndarray:
     tp, gt, predicted = _tallies(counts)
     return _safe_ratio(tp, gt + predicted - tp)
-
-
-def _percent(value: float) -> float | None:
-    """Percent for reports; None for an undefined (nan) score, which JSON and YAML can carry."""
-    return None if np.isnan(value) else 100.0 * float(value)
 
 
 class ConfusionMatrix:
@@ -198,8 +194,8 @@ class ConfusionMatrix:
         if len(class_names) != self.num_classes:
             raise ValueError(f'{len(class_names)} class names for {self.num_classes} classes')
         return {
-            'miou': _percent(self.miou()),
-            'per_class_iou': {name: _percent(v) for name, v in zip(class_names, self.iou(), strict=True)},
-            'pixel_accuracy': _percent(self.pixel_accuracy()),
-            'mean_class_accuracy': _percent(self.mean_class_accuracy()),
+            'miou': percent(self.miou()),
+            'per_class_iou': {name: percent(v) for name, v in zip(class_names, self.iou(), strict=True)},
+            'pixel_accuracy': percent(self.pixel_accuracy()),
+            'mean_class_accuracy': percent(self.mean_class_accuracy()),
         }

@@ -11,11 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ['default_checkpoint', 'package_share', 'share_dirs', 'shipped_checkpoints']
+__all__ = ['default_checkpoint', 'fastdds_profile', 'package_share', 'share_dirs', 'shipped_checkpoints']
 
 PACKAGE = 'seg_ros'
 SOURCE_TREE = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = 'camvid'
+FASTDDS_PROFILE = Path('config') / 'fastdds.xml'
 
 
 def _ament_share() -> Path | None:
@@ -64,3 +65,12 @@ def default_checkpoint(model: str, dataset: str = DEFAULT_DATASET) -> Path:
     searched = ', '.join(str(directory / 'models') for directory in share_dirs()) or 'no share folder found'
     raise FileNotFoundError(f'no shipped checkpoint {name} for model {model!r} (searched {searched}); '
                             f'shipped checkpoints: {shipped}; set the weights parameter to a checkpoint file')
+
+
+def fastdds_profile() -> Path:
+    """The package's Fast DDS profile (camera-sized images between processes, README "DDS")."""
+    for directory in share_dirs():
+        if (directory / FASTDDS_PROFILE).is_file():
+            return directory / FASTDDS_PROFILE
+    searched = ', '.join(map(str, share_dirs())) or 'no share folder found'
+    raise FileNotFoundError(f'{FASTDDS_PROFILE} not found (searched {searched})')

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from seg_ros import __version__
 
 __all__ = ['clock_duration', 'cpu_flags', 'machine_info', 'markdown_table']
 
@@ -52,7 +52,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> s
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """What the figures were measured on: CPU and its precision flags, libraries, GPU."""
-    from .backends import SERVES, cpu_name, library_versions
+    from seg_ros.inference.backends import SERVES, cpu_name, library_versions
 
     info: dict[str, Any] = {
         'seg_ros': __version__, 'torch': torch.__version__, 'python': platform.python_version(),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from seg_ros.backends import (
+from seg_ros.inference.backends import (
     MIN_AGREEMENT,
     REFERENCE,
     WARMUP_CALLS,
@@ -21,13 +21,13 @@ from seg_ros.backends import (
     cpu_supports_bf16,
     make_forward,
 )
-from seg_ros.export import OpenVinoForward
-from seg_ros.fastpath import prepare_model
-from seg_ros.inference import Segmenter
+from seg_ros.inference.onnx import OpenVinoForward
+from seg_ros.inference.preparation import prepare_model
+from seg_ros.inference.segmenter import Segmenter
 from seg_ros.paths import default_checkpoint
 
 from .support import channel_checkpoint, expected_channel_mask
-from .test_fastpath import TinyNet, blocks
+from .support.networks import TinyNet, blocks
 
 BF16 = ('bf16',) if cpu_supports_bf16() else ()
 CPU = torch.device('cpu')

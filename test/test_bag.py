@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
 from seg_ros.bag.cli import main
@@ -25,12 +24,13 @@ from seg_ros.bag.messages import IMAGE, header_message, image_message, serialize
 from seg_ros.bag.writer import OutputBag
 from seg_ros.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from seg_ros.data import build_dataset
+from seg_ros.frames.synthetic import SyntheticRoadScene
 from seg_ros.labels import CAMVID11, CITYSCAPES19, IGNORE_INDEX, ROAD11, LabelSet, mapping_table
 from seg_ros.models import build_model
-from seg_ros.synthetic import SyntheticRoadScene
 from seg_ros.training.cli import eval_main
 
 from .support import CHANNEL_LABELS, CHANNEL_NET, ChannelArgmaxNet, channel_checkpoint, expected_channel_mask
+from .support.bags import iou_from_masks, pixels, read_bag
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 CAMVID_FRAMES = (0, 40, 80)  # val indices; the bag plays them at 5 Hz
@@ -39,24 +39,8 @@ SYNTHETIC_SIZE = (72, 96)
 SYNTHETIC_FRAMES = 10
 
 
-def read_bag(path: Path) -> dict[str, list[tuple[int, object]]]:
-    """topic -> [(bag time, deserialised message)] with rosbags' own reader."""
-    messages: dict[str, list[tuple[int, object]]] = {}
-    with Reader(path) as reader:
-        for connection, timestamp, raw in reader.messages():
-            msg = TYPESTORE.deserialize_cdr(raw, connection.msgtype)
-            messages.setdefault(connection.topic, []).append((timestamp, msg))
-    return messages
 
 
-def pixels(msg: object) -> np.ndarray:
-    """An Image's pixels, or a CompressedImage's decoded (RGB for colour), with OpenCV alone."""
-    if hasattr(msg, 'format'):
-        decoded = cv2.imdecode(np.asarray(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)
-        return decoded if decoded.ndim == 2 else decoded[..., ::-1]
-    channels = {'mono8': 1, 'rgb8': 3, 'bgr8': 3}[msg.encoding]
-    shape = (msg.height, msg.width) if channels == 1 else (msg.height, msg.width, channels)
-    return np.asarray(msg.data, np.uint8).reshape(shape)
 
 
 def stamp(msg: object) -> int:
@@ -80,18 +64,6 @@ def seg_eval(checkpoint: Path, root: Path, report: Path) -> dict:
     return json.loads(report.read_text())
 
 
-def iou_from_masks(predictions: list[np.ndarray], labels: list[np.ndarray], classes: int) -> np.ndarray:
-    """Per-class IoU in percent, numpy only; a prediction that is no class counts against its pixel."""
-    prediction = np.concatenate([p.ravel() for p in predictions])
-    label = np.concatenate([t.ravel() for t in labels])
-    valid = label != IGNORE_INDEX
-    iou = np.full(classes, np.nan)
-    for c in range(classes):
-        tp = np.sum(valid & (prediction == c) & (label == c))
-        union = np.sum(valid & (label == c)) + np.sum(valid & (prediction == c)) - tp
-        if union:
-            iou[c] = 100.0 * tp / union
-    return iou
 
 
 def network_confidence_and_entropy(checkpoint: Path, rgb_frames: list[np.ndarray]) -> tuple[float, float]:

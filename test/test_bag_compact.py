@@ -21,11 +21,11 @@ from mcap.reader import make_reader
 from seg_ros.bag.cli import EXIT_MISSING, main
 from seg_ros.bag.writer import CAMERA_QOS, RESULT_QOS
 from seg_ros.checkpoint import Checkpoint, save_checkpoint
-from seg_ros.inference import Segmenter
+from seg_ros.inference.segmenter import Segmenter
 from seg_ros.labels import CAMVID11, IGNORE_INDEX
 from seg_ros.models import build_model
 
-from .test_bag import iou_from_masks, pixels, read_bag
+from .support.bags import iou_from_masks, pixels, read_bag
 
 FRAMES = 4
 VOID = 11  # CamVid's "unlabelled" value in its label PNGs

@@ -14,7 +14,7 @@ from rosbags.rosbag2 import Reader
 from seg_ros.bag.cli import main
 from seg_ros.bag.messages import IMAGE, header_message, image_message, serialize
 from seg_ros.bag.writer import OutputBag
-from seg_ros.synthetic import SyntheticRoadScene
+from seg_ros.frames.synthetic import SyntheticRoadScene
 
 from .support import channel_checkpoint
 

@@ -15,8 +15,8 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
 from seg_ros.bag.cli import main
+from seg_ros.frames.synthetic import SyntheticRoadScene
 from seg_ros.labels import IGNORE_INDEX
-from seg_ros.synthetic import SyntheticRoadScene
 
 from .support import channel_checkpoint
 

@@ -21,8 +21,8 @@ from seg_ros.bag.messages import IMAGE, header_message, image_message, serialize
 from seg_ros.bag.reader import BagError, TopicInfo
 from seg_ros.bag.video import MosaicRows
 from seg_ros.bag.writer import OutputBag, result_prefix
+from seg_ros.frames.synthetic import SyntheticRoadScene
 from seg_ros.labels import CAMVID11
-from seg_ros.synthetic import SyntheticRoadScene
 
 from .support import channel_checkpoint
 

@@ -23,7 +23,7 @@ from seg_ros.checkpoint import Checkpoint, save_checkpoint
 from seg_ros.labels import CAMVID11, IGNORE_INDEX
 from seg_ros.models import build_model
 
-from .test_bag import iou_from_masks, pixels, read_bag
+from .support.bags import iou_from_masks, pixels, read_bag
 
 RUN_FRAMES = {'a': 2, 'b': 3, 'c': 4}  # frames of each run's bag
 VOID = 11

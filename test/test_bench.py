@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from seg_ros.backends import candidates
-from seg_ros.bench import MODES, PAPER_FIGURES, evaluate_targets, main
-from seg_ros.inference import resolve_precision
+from seg_ros.bench.cli import MODES, PAPER_FIGURES, evaluate_targets, main
+from seg_ros.inference.backends import candidates
+from seg_ros.inference.segmenter import resolve_precision
 from seg_ros.models import build_model, count_parameters
 from seg_ros.reporting import markdown_table
 

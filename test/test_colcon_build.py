@@ -16,9 +16,18 @@ import pytest
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from .processes import BIN, PREFIX, REPO, Started, ensure_ros2_cli, stop_launch, user_environment
-from .test_executables import QUICK_RUNS, _node_executables
-from .test_node import Ros, wait_for
+from .support.processes import (
+    BIN,
+    PREFIX,
+    QUICK_RUNS,
+    REPO,
+    Started,
+    ensure_ros2_cli,
+    node_executables,
+    stop_launch,
+    user_environment,
+)
+from .support.ros import Ros, wait_for
 
 NOT_SOURCES = ('.venv', '.git', 'build', 'install', 'log', '__pycache__', '*.egg-info', 'runs', 'out',
                '.pytest_cache', '.ruff_cache', '.hypothesis')
@@ -53,7 +62,7 @@ def install(request: pytest.FixtureRequest) -> Path:
 
 def test_executables_launch_file_config_and_models_are_installed(install: Path) -> None:
     package = install / 'seg_ros'
-    for name in _node_executables():
+    for name in node_executables():
         executable = package / 'lib' / 'seg_ros' / name
         assert os.access(executable, os.X_OK), executable
         interpreter = executable.read_text().splitlines()[0].removeprefix('#!')

@@ -26,7 +26,7 @@ from seg_ros.data import (
 from seg_ros.data.frequency import main as frequency_main
 from seg_ros.labels import CAMVID11, CITYSCAPES19, IGNORE_INDEX
 
-from .dataset_fixtures import (
+from .support.datasets import (
     make_bdd100k,
     make_camvid,
     make_cityscapes,

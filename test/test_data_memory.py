@@ -12,7 +12,7 @@ from seg_ros.data import DatasetError, TrainTransform, build_dataset
 from seg_ros.data.memory import BatchAugment, FramesInMemory, InMemoryLoader, PerFrameAugment
 from seg_ros.labels import IGNORE_INDEX
 
-from .dataset_fixtures import write_shapes
+from .support.datasets import write_shapes
 
 
 def _normalized(image_hwc: np.ndarray) -> torch.Tensor:

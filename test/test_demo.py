@@ -17,7 +17,7 @@ from seg_ros.checkpoint import Checkpoint, save_checkpoint
 from seg_ros.labels import CAMVID11
 from seg_ros.models import build_model
 
-DEMO = [sys.executable, '-m', 'seg_ros.demo']
+DEMO = [sys.executable, '-m', 'seg_ros.ros.demo']
 LIVE_LINE = re.compile(
     r'^\[\s*\d+ s\]\s+(?P<fps>[\d.]+) fps\s+latency\s+(?P<latency>\d+) ms\s+(?P<classes>.*)$', re.MULTILINE)
 CLASS_SHARE = re.compile(r'(\w+) ([\d.]+)%')

@@ -5,7 +5,6 @@ and no traceback, also a second SIGINT while the first is being handled."""
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import signal
@@ -15,18 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from .processes import PREFIX, REPO, Started, assert_clean, check_installed_copy_is_current, user_environment
+from .support.processes import (
+    PREFIX,
+    QUICK_RUNS,
+    Started,
+    assert_clean,
+    check_installed_copy_is_current,
+    node_executables,
+    user_environment,
+)
 
 NODE_DIR = PREFIX / 'lib' / 'seg_ros'
 START_TIMEOUT = 90.0  # torch and rclpy load in seconds, slower on a busy 2-core machine
 STOP_TIMEOUT = 20.0
 
 
-def _node_executables() -> list[str]:
-    module = ast.parse((REPO / 'setup.py').read_text())
-    value = next(node.value for node in module.body if isinstance(node, ast.Assign)
-                 and any(getattr(target, 'id', None) == 'NODE_EXECUTABLES' for target in node.targets))
-    return list(ast.literal_eval(value))
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -34,19 +36,10 @@ def installed() -> None:
     check_installed_copy_is_current()
 
 
-# Arguments that end each executable at once, its exit code and words of its output: each is imported
-# and run by the interpreter of this environment, which PATH could not provide. The lifecycle node
-# waits for transitions whatever its arguments; it is run in the stop test below.
-QUICK_RUNS = {
-    'segment_node': (['--ros-args', '-p', 'model:=nonet'], 1, "unknown model 'nonet'"),
-    'sample_camera': (['--ros-args', '-p', 'source:=/nonexistent.mp4'], 1, '/nonexistent.mp4'),
-    'train': (['--help'], 0, 'usage'),
-    'eval': (['--help'], 0, 'usage'),
-}
 
 
 def test_every_executable_is_run_here() -> None:
-    assert set(_node_executables()) == {*QUICK_RUNS, 'segment_lifecycle_node'}
+    assert set(node_executables()) == {*QUICK_RUNS, 'segment_lifecycle_node'}
 
 
 @pytest.mark.parametrize('name', QUICK_RUNS)

@@ -8,18 +8,12 @@ import onnx
 import pytest
 import torch
 
-from seg_ros.export import (
-    ExportCheck,
-    OpenVinoForward,
-    export_onnx,
-    format_resolution,
-    main,
-    parse_resolution,
-    verify_onnx,
-)
-from seg_ros.fastpath import prepare_model
+from seg_ros.inference.cli import main
+from seg_ros.inference.onnx import ExportCheck, OpenVinoForward, export_onnx, verify_onnx
+from seg_ros.inference.preparation import prepare_model
 from seg_ros.labels import CAMVID11
 from seg_ros.models import build_model, get_model_builder, list_models
+from seg_ros.vocabulary import format_size, parse_size
 
 from .support import CHANNEL_LABELS, CHANNEL_NET, channel_checkpoint
 
@@ -76,17 +70,17 @@ def test_a_check_tolerates_a_few_moved_values_not_a_different_graph():
 
 
 def test_resolutions_are_width_by_height():
-    assert parse_resolution('640x360') == (360, 640)
-    assert format_resolution((360, 640)) == '640x360'
+    assert parse_size('640x360') == (360, 640)
+    assert format_size((360, 640)) == '640x360'
     for bad in ('640', '640x', 'axb', '0x360'):
-        with pytest.raises(ValueError, match='resolution'):
-            parse_resolution(bad)
+        with pytest.raises(ValueError, match='size'):
+            parse_size(bad)
 
 
 def test_command_line_exports_a_checkpoint_with_its_metadata(tmp_path, capsys):
     path = channel_checkpoint(tmp_path / 'rgb.pt', input_size=(48, 64))
     out = tmp_path / 'onnx'
-    assert main(['--checkpoint', str(path), '--output', str(out), '--check-sizes', '64x48', '203x101']) == 0
+    assert main(['--checkpoint', str(path), '--out', str(out), '--check-sizes', '64x48', '203x101']) == 0
     table = capsys.readouterr().out
     assert table.count('| ok |') == 2 and '203x101' in table and 'MISMATCH' not in table
     proto = onnx.load(out / 'rgb.onnx')

@@ -8,32 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from seg_ros.fastpath import StaticShapeForward, latencies_ms, prepare_model
-from seg_ros.inference import Segmenter
-from seg_ros.models import SegmentationNet
+from seg_ros.inference.preparation import StaticShapeForward, latencies_ms, prepare_model
+from seg_ros.inference.segmenter import Segmenter
 
 from .support import channel_checkpoint, expected_channel_mask
-
-
-class TinyNet(SegmentationNet):
-    """The wirings of the real networks, small: batch-norms after a convolution and after a
-    transposed one (folded into them), before an unpadded grouped convolution (folded into it, as
-    in SegFast), after a concatenation and before a padded convolution (both kept)."""
-
-    size_divisor = 2
-
-    def __init__(self, num_classes: int = 4) -> None:
-        super().__init__()
-        self.down = nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.BatchNorm2d(5), nn.ReLU())
-        self.pool = nn.MaxPool2d(2)
-        self.merge_bn = nn.BatchNorm2d(8)
-        self.up = nn.Sequential(nn.ConvTranspose2d(8, 6, 2, stride=2), nn.BatchNorm2d(6), nn.ReLU())
-        self.head = nn.Sequential(nn.BatchNorm2d(6), nn.Conv2d(6, 4, 1, groups=2), nn.ReLU())
-        self.smooth = nn.Sequential(nn.BatchNorm2d(4), nn.Conv2d(4, num_classes, 3, padding=1))
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.up(self.merge_bn(torch.cat([self.down(x), self.pool(x)], dim=1)))
-        return self.smooth(self.head(x))
+from .support.networks import TinyNet, blocks
 
 
 @pytest.fixture(scope='module')
@@ -99,11 +78,6 @@ def test_static_shape_forward_rejects_what_it_cannot_do(tiny):
         StaticShapeForward(tiny, cuda_graph=True)
 
 
-def blocks(height: int = 48, width: int = 64) -> np.ndarray:
-    image = np.zeros((height, width, 3), np.uint8)
-    for index, band in enumerate(np.array_split(np.arange(width), 3)):
-        image[:, band, index] = 200
-    return image
 
 
 def test_segmenter_on_onnxruntime_gives_the_same_results(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from seg_ros.checkpoint import Checkpoint, load_checkpoint
-from seg_ros.fastpath import fold_batchnorm
-from seg_ros.inference import SegmentationError, Segmenter, resolve_device
+from seg_ros.inference.preparation import fold_batchnorm
+from seg_ros.inference.segmenter import SegmentationError, Segmenter, resolve_device
 from seg_ros.labels import CAMVID11, IGNORE_INDEX
 from seg_ros.models import build_model
 

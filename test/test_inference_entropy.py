@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from seg_ros.inference import Segmenter
+from seg_ros.inference.segmenter import Segmenter
 
 from .support import channel_checkpoint
 

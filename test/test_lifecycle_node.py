@@ -19,7 +19,7 @@ from sensor_msgs.msg import Image
 from seg_ros.ros.lifecycle_node import ManagedSegmentNode
 
 from .support import CHANNEL_NET, channel_checkpoint, expected_channel_mask
-from .test_node import HEIGHT, WIDTH, Ros, camera_image, pixels, stamped, wait_for
+from .support.ros import HEIGHT, WIDTH, Ros, camera_image, pixels, stamped, wait_for
 
 CAMERA = '/managed/image_raw'
 MASK = '/managed/segmentation/mask'

@@ -14,7 +14,8 @@ from seg_ros.models import build_model, count_parameters
 from seg_ros.training.cli import eval_main
 from seg_ros.training.modelcard import main, read_card_header, training_wall_time, write_index
 from seg_ros.training.trainer import Trainer
-from test.test_training import TINY_NET, tiny_recipe, tiny_recipe_file, write_shapes
+from test.support.datasets import write_shapes
+from test.support.training import TINY_NET, tiny_recipe, tiny_recipe_file
 
 
 @pytest.fixture(scope='module')

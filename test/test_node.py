@@ -3,136 +3,45 @@ node publishes camera frames and checks every output against the ``Segmenter`` r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import rclpy
 import torch
 import yaml
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, String
 
-from seg_ros.inference import SegmentationError, Segmenter
-from seg_ros.outputs import output_prefix
+from seg_ros.inference.segmenter import SegmentationError, Segmenter
+from seg_ros.interface import output_prefix
 from seg_ros.ros.conversions import array_to_compressed, array_to_image, compressed_to_array, image_to_array
 from seg_ros.ros.node import PARAMETERS, SegmentNode
 from seg_ros.ros.qos import LATCHED
 
 from .support import CHANNEL_NET, channel_checkpoint, expected_channel_mask
+from .support.ros import HEIGHT, TIMEOUT, WIDTH, Probe, Ros, camera_image, pixels, stamped, values, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-HEIGHT, WIDTH = 48, 64
-TIMEOUT = 10.0
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT, what: str = 'condition',
-              every: Callable[[], None] | None = None) -> Any:
-    """Poll ``condition`` until it returns something truthy (returned); ``every`` runs between polls."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if every is not None:
-            every()
-        time.sleep(0.02)
-    raise AssertionError(f'timed out after {timeout} s waiting for {what}')
 
 
-class Probe(Node):
-    """Publishes camera frames and records what comes back."""
-
-    def __init__(self, context: Context) -> None:
-        super().__init__('probe', context=context)
-        self.diagnostics = self.listen('/diagnostics', DiagnosticArray)
-
-    def listen(self, topic: str, msg_type: type, qos: QoSProfile | int = 10) -> list:
-        inbox: list = []
-        self.create_subscription(msg_type, topic, inbox.append, qos)
-        return inbox
-
-    def frame(self, image: np.ndarray, encoding: str = 'rgb8', frame_id: str = 'camera_optical_frame'
-              ) -> Image:
-        msg = array_to_image(image, encoding)
-        self.stamp(msg, frame_id)
-        return msg
-
-    def stamp(self, msg: Image | CompressedImage, frame_id: str = 'camera_optical_frame') -> None:
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.header.frame_id = frame_id
-
-    def exchange(self, publisher: Any, msg: Any, inbox: list, timeout: float = TIMEOUT) -> Any:
-        """Publish ``msg`` (again every 0.1 s) until ``inbox`` holds a message with its stamp."""
-        last = 0.0
-
-        def publish_now_and_then() -> None:
-            nonlocal last
-            if time.monotonic() - last > 0.1:
-                publisher.publish(msg)
-                last = time.monotonic()
-
-        publish_now_and_then()
-        return wait_for(lambda: stamped(inbox, msg.header.stamp), timeout,
-                        f'an answer on {publisher.topic_name}', every=publish_now_and_then)
-
-    def status(self, topic: str) -> DiagnosticStatus | None:
-        """The latest /diagnostics status about ``topic`` (or the model, for 'model')."""
-        for report in reversed(self.diagnostics):
-            for status in report.status:
-                if status.name.endswith(f': {topic}'):
-                    return status
-        return None
-
-    def counter(self, topic: str, key: str) -> int:
-        """A counter of the latest /diagnostics status about ``topic``; -1 before the first."""
-        status = self.status(topic)
-        return int(values(status)[key]) if status is not None else -1
 
 
-def stamped(inbox: list, stamp: Any) -> Any:
-    return next((msg for msg in reversed(inbox) if msg.header.stamp == stamp), None)
 
 
-def values(status: DiagnosticStatus) -> dict[str, str]:
-    return {item.key: item.value for item in status.values}
 
 
-def pixels(msg: Image) -> np.ndarray:
-    return np.array(image_to_array(msg)[0])
 
 
-class Ros:
-    def __init__(self) -> None:
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.probe = Probe(self.context)
-        self.executor.add_node(self.probe)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        with contextlib.suppress(ExternalShutdownException):
-            self.executor.spin()
-
-    def close(self) -> None:
-        rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=5)
-        self.executor.shutdown()
 
 
 @pytest.fixture(scope='module')
@@ -171,13 +80,6 @@ def start_node(ros: Ros, checkpoint: Path):
         node.destroy_node()
 
 
-def camera_image(seed: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
-    """Random pixels with pure red, green and blue blocks whose classes are known (0, 1, 2)."""
-    image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    for channel in range(3):
-        image[:8, 8 * channel: 8 * channel + 8] = 0
-        image[:8, 8 * channel: 8 * channel + 8, channel] = 255
-    return image
 
 
 def test_outputs_equal_the_offline_segmenter(ros: Ros, start_node, reference: Segmenter) -> None:

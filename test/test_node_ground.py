@@ -23,8 +23,8 @@ from seg_ros.ground import CameraModel, CameraPose
 from seg_ros.ros.node import SegmentNode
 
 from .support import CHANNEL_NET, channel_checkpoint
-from .test_ground import CAR, ROAD, render
-from .test_node import Ros, stamped, values, wait_for
+from .support.ground import CAR, ROAD, render
+from .support.ros import Ros, stamped, values, wait_for
 
 HEIGHT, WIDTH, FOCAL = 240, 320, 250.0
 POSE = '0 0 1.5 0 0.1 0'  # 1.5 m up, pitched down 0.1 rad
@@ -221,8 +221,8 @@ def test_a_label_set_without_class_roles_gives_a_warning_not_an_error(ros: Ros, 
 
 
 def test_sample_camera_publishes_the_synthetic_scene_camera_info(ros: Ros) -> None:
+    from seg_ros.frames.synthetic import SyntheticRoadScene
     from seg_ros.ros.sample_camera import SampleCamera
-    from seg_ros.synthetic import SyntheticRoadScene
 
     probe = ros.probe
     images = probe.listen('/g6/image_raw', Image)

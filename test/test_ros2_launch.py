@@ -24,7 +24,7 @@ from std_msgs.msg import String
 
 from seg_ros.ros.qos import LATCHED
 
-from .processes import (
+from .support.processes import (
     BIN,
     PREFIX,
     ROS2CLI,
@@ -36,7 +36,7 @@ from .processes import (
     stop_launch,
     user_environment,
 )
-from .test_node import Ros, pixels, wait_for
+from .support.ros import Ros, pixels, wait_for
 
 START_TIMEOUT = 120.0  # several nodes loading torch at once on a busy 2-core machine
 STOP_TIMEOUT = 30.0  # launch escalates to SIGTERM after 5 s and SIGKILL after 10 s

@@ -1,4 +1,4 @@
-"""Frame sources (seg_ros.sources) and the sample_camera node that publishes them."""
+"""Frame sources (seg_ros.frames.sources) and the sample_camera node that publishes them."""
 
 from __future__ import annotations
 
@@ -19,10 +19,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CompressedImage, Image
 
-from seg_ros.ros.conversions import compressed_to_array, image_to_array
-from seg_ros.ros.qos import input_qos
-from seg_ros.ros.sample_camera import SampleCamera
-from seg_ros.sources import (
+from seg_ros.frames.sources import (
     BagSource,
     ImageFolderSource,
     SourceError,
@@ -31,6 +28,9 @@ from seg_ros.sources import (
     open_source,
     play,
 )
+from seg_ros.ros.conversions import compressed_to_array, image_to_array
+from seg_ros.ros.qos import input_qos
+from seg_ros.ros.sample_camera import SampleCamera
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]  # RGB of the test frames, in order
 CAMERA = [sys.executable, '-c', 'import sys; from seg_ros.ros.sample_camera import main; sys.exit(main())']

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from seg_ros.bench.segfast_reference import AuthorsSegFast, AuthorsStyleSegFast, main
 from seg_ros.models import build_model, count_parameters
-from seg_ros.segfast_reference import AuthorsSegFast, AuthorsStyleSegFast, main
 
 
 @pytest.mark.parametrize(('separable', 'parameters'), [(True, 627_287), (False, 2_851_763)])

@@ -11,8 +11,8 @@ import torch
 from seg_ros.checkpoint import load_checkpoint
 from seg_ros.training.config import load_recipe, resolve_stages
 from seg_ros.training.studies import STUDIES, main
-from test.dataset_fixtures import SHAPE_CLASSES, write_shapes
-from test.test_training import TINY_NET
+from test.support.datasets import SHAPE_CLASSES, write_shapes
+from test.support.training import TINY_NET
 
 # The tiny network of the trainer's tests on the synthetic shapes: seconds per run on one core.
 TINY = [f'model.name={TINY_NET}', 'data.dataset=folder', 'data.num_workers=0', 'train.device=cpu',

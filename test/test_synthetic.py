@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
+from seg_ros.frames.synthetic import SyntheticRoadScene
 from seg_ros.labels import CAMVID11
-from seg_ros.synthetic import SyntheticRoadScene
 
 TIMES = [0.0, 2.5, 7.3, 19.0, 61.7, 143.2]
 

@@ -17,11 +17,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from seg_ros.checkpoint import load_checkpoint
 from seg_ros.data import list_datasets
-from seg_ros.models import SegmentationNet, build_model, get_model_builder, register_model
+from seg_ros.models import build_model
 from seg_ros.training.cli import eval_main, train_main
 from seg_ros.training.config import RecipeError, load_recipe, recipe_dirs, resolve_stages
 from seg_ros.training.evaluate import evaluate
@@ -31,46 +30,20 @@ from seg_ros.training.schedules import build_optimizer, build_scheduler
 from seg_ros.training.speed import candidate_settings
 from seg_ros.training.trainer import Trainer, TrainingError
 
-from .dataset_fixtures import SHAPE_CLASSES, make_cityscapes, write_shapes
+from .support.datasets import SHAPE_CLASSES, make_cityscapes, write_shapes
+from .support.training import (
+    TINY_NET,
+    subprocess_env,
+    tiny_recipe,
+    tiny_recipe_file,
+    train_command,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / 'config' / 'train').glob('*.yaml'))
-TINY_NET = 'test_training_tiny_fcn'
-
-TINY_RECIPE = """
-model: {name: %(net)s}
-data: {dataset: folder, root: %(root)s, num_workers: 0}
-augment: {crop_size: [48, 64], scale_range: [0.75, 1.25], hflip: true}
-loss: {name: ce}
-optimizer: {name: adam, lr: 0.02, weight_decay: 0.0}
-scheduler: {name: onecycle}
-train: {epochs: 10, batch_size: 2, seed: 3, deterministic: true, device: cpu, log_every: 4}
-"""
 
 
-class TinyFCN(SegmentationNet):
-    """Two 3x3 convolutions and a classifier: enough for colour-coded classes, fast on a CPU."""
 
-    size_divisor = 1
-
-    def __init__(self, num_classes: int, width: int = 16) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Dropout2d(0.1), nn.Conv2d(width, num_classes, 1),
-        )
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-try:
-    get_model_builder(TINY_NET)
-except KeyError:
-    @register_model(TINY_NET)
-    def tiny_fcn(*, num_classes: int, width: int = 16) -> TinyFCN:
-        return TinyFCN(num_classes, width)
 
 
 @pytest.fixture(scope='module')
@@ -85,15 +58,8 @@ def few_shapes_root(tmp_path_factory) -> Path:
 
 
 
-def tiny_recipe_file(folder: Path, root: Path, net: str = TINY_NET) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / 'tiny.yaml'
-    path.write_text(TINY_RECIPE % {'net': net, 'root': root})
-    return path
 
 
-def tiny_recipe(folder: Path, root: Path, *overrides: str, net: str = TINY_NET) -> dict:
-    return load_recipe(tiny_recipe_file(folder, root, net), [f'output.dir={folder / "run"}', *overrides])
 
 
 # -- recipes and overrides ------------------------------------------------------------------------------
@@ -212,16 +178,8 @@ def test_tiny_network_learns_the_shapes(tmp_path, shapes_root, one_thread):
     assert json.loads(report_path.read_text())['miou'] == pytest.approx(trainer.best_miou)
 
 
-def _train_command(recipe: Path, output: Path, *extra: str) -> list[str]:
-    argv = [str(recipe), f'output.dir={output}', *extra]
-    code = ('import sys; import test.test_training; from seg_ros.training.cli import train_main; '
-            f'sys.exit(train_main({argv!r}))')
-    return [sys.executable, '-c', code]
 
 
-def _subprocess_env() -> dict[str, str]:
-    return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
-            'OMP_NUM_THREADS': '1'}
 
 
 @pytest.mark.parametrize('cache', ['true', 'false'], ids=['in_memory', 'streamed'])
@@ -233,7 +191,7 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, few_shapes_ro
     Trainer(load_recipe(recipe, [f'output.dir={tmp_path / "whole"}', epochs, f'data.cache={cache}'])).fit()
 
     killed = tmp_path / 'killed'
-    process = subprocess.Popen(_train_command(recipe, killed, epochs, f'data.cache={cache}'), env=_subprocess_env(),
+    process = subprocess.Popen(train_command(recipe, killed, epochs, f'data.cache={cache}'), env=subprocess_env(),
                                cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while process.poll() is None:
@@ -521,13 +479,13 @@ def test_torchrun_two_processes_on_cpu(tmp_path, few_shapes_root):
     """DistributedDataParallel over gloo: one process writes, both agree on the weights."""
     recipe = tiny_recipe_file(tmp_path, few_shapes_root)
     script = tmp_path / 'train.py'
-    script.write_text('import sys\nimport test.test_training\nfrom seg_ros.training.cli import train_main\n'
+    script.write_text('import sys\nimport test.support.training\nfrom seg_ros.training.cli import train_main\n'
                       'sys.exit(train_main())\n')
     torchrun = Path(sys.executable).with_name('torchrun')
     result = subprocess.run(
         [str(torchrun), '--nproc-per-node', '2', '--master-port', str(29500 + os.getpid() % 1000),
          str(script), str(recipe), f'output.dir={tmp_path / "run"}', 'train.epochs=2'],
-        env=_subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+        env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     last = load_checkpoint(tmp_path / 'run' / 'last.pt')
     assert len(last.training['rng']) == 2 and last.training['world_size'] == 2

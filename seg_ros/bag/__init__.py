@@ -6,10 +6,10 @@ several bags run on worker processes or a Dask cluster (``runs.evaluate_runs``) 
 report; ``seg-bag make`` records a video or an image folder as a bag.
 """
 
-from .evaluate import EvaluationOptions, evaluate_bag
-from .make import MakeOptions, make_bag
-from .reader import BagError, BagReader
-from .runs import evaluate_runs, find_bags
+from seg_ros.bag.evaluate import EvaluationOptions, evaluate_bag
+from seg_ros.bag.make import MakeOptions, make_bag
+from seg_ros.bag.reader import BagError, BagReader
+from seg_ros.bag.runs import evaluate_runs, find_bags
 
 __all__ = ['BagError', 'BagReader', 'EvaluationOptions', 'MakeOptions', 'evaluate_bag', 'evaluate_runs',
            'find_bags', 'make_bag']

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..paths import default_checkpoint
-from .evaluate import EXPECTED_ERRORS, EvaluationOptions
-from .make import MakeOptions, make_bag
-from .report import table_lines
-from .runs import evaluate_runs
+from seg_ros.bag.evaluate import EXPECTED_ERRORS, EvaluationOptions
+from seg_ros.bag.make import MakeOptions, make_bag
+from seg_ros.bag.report import table_lines
+from seg_ros.bag.runs import evaluate_runs
+from seg_ros.paths import default_checkpoint
 
 __all__ = ['bench_main', 'bench_workers']
 

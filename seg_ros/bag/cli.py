@@ -27,15 +27,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..backends import BACKENDS
-from ..inference import PRECISIONS
-from ..labels import list_label_sets
-from .evaluate import EXPECTED_ERRORS, EvaluationOptions, evaluate_bag
-from .frames import LabelFolder
-from .make import ENCODINGS, MakeOptions, make_bag
-from .report import number_text
-from .runs import evaluate_runs, find_bags
-from .writer import DEFAULT_OUTPUTS, OUTPUTS, STORAGE_PLUGINS, parse_outputs
+from seg_ros.bag.evaluate import EXPECTED_ERRORS, EvaluationOptions, evaluate_bag
+from seg_ros.bag.frames import LabelFolder
+from seg_ros.bag.make import ENCODINGS, MakeOptions, make_bag
+from seg_ros.bag.report import number_text
+from seg_ros.bag.runs import evaluate_runs, find_bags
+from seg_ros.bag.writer import DEFAULT_OUTPUTS, OUTPUTS, STORAGE_PLUGINS, parse_outputs
+from seg_ros.inference.backends import BACKENDS
+from seg_ros.labels import list_label_sets
+from seg_ros.vocabulary import PRECISION_CHOICES
 
 __all__ = ['EXIT_MISSING', 'main', 'make_main']
 
@@ -150,7 +150,7 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                         help='frame indices (as in frames.jsonl) to put in the mosaic instead')
     network = parser.add_argument_group('inference')
     network.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default: auto)')
-    network.add_argument('--precision', choices=PRECISIONS, default='auto',
+    network.add_argument('--precision', choices=PRECISION_CHOICES, default='auto',
                          help='auto: measured with --backend at start-up (default: auto)')
     network.add_argument('--backend', choices=BACKENDS, default='auto',
                          help='auto: the fastest whose masks agree with fp32 PyTorch, measured at start-up and '
@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ['make']:
         return make_main(argv[1:])
     if argv[:1] == ['bench']:
-        from .bench import bench_main
+        from seg_ros.bag.bench import bench_main
 
         return bench_main(argv[1:])
     return evaluate_main(argv)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..metrics import ConfusionMatrix
-from .report import number_text, table_lines
+from seg_ros.bag.report import number_text, table_lines
+from seg_ros.metrics import ConfusionMatrix
 
 __all__ = ['combine', 'format_combined_markdown']
 

@@ -29,10 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError
-from ..inference import SegmentationError, SegmentationResult, Segmenter
-from ..labels import LabelSet, get_label_set
-from .frames import (
+from seg_ros.bag.frames import (
     LABEL_SET_KEY,
     Frame,
     FrameStream,
@@ -44,11 +41,14 @@ from .frames import (
     file_name_topic,
     frame_rgb,
 )
-from .reader import BagError, BagReader
-from .report import FrameLog, format_markdown, plot_class_share, plot_confidence, write_json
-from .stats import Agreement, GroundTruthScore, ModelStats
-from .video import MosaicRows, Panel, SideBySide, VideoFile, save_png
-from .writer import DEFAULT_OUTPUTS, OutputBag, ResultWriter
+from seg_ros.bag.reader import BagError, BagReader
+from seg_ros.bag.report import FrameLog, format_markdown, plot_class_share, plot_confidence, write_json
+from seg_ros.bag.stats import Agreement, GroundTruthScore, ModelStats
+from seg_ros.bag.video import MosaicRows, Panel, SideBySide, VideoFile, save_png
+from seg_ros.bag.writer import DEFAULT_OUTPUTS, OutputBag, ResultWriter
+from seg_ros.checkpoint import CheckpointError
+from seg_ros.inference.segmenter import SegmentationError, SegmentationResult, Segmenter
+from seg_ros.labels import LabelSet, get_label_set
 
 __all__ = ['EXPECTED_ERRORS', 'EvaluationOptions', 'evaluate_bag', 'topic_folder']
 

@@ -23,11 +23,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..inference import ENCODINGS
-from ..labels import IGNORE_INDEX, LabelSet
-from ..outputs import OUTPUT_NAMESPACE
-from .messages import IMAGE_TYPES, STRING, decode_image, decode_label, deserialize, stamp_ns
-from .reader import BagError, BagReader, TopicInfo
+from seg_ros.bag.messages import IMAGE_TYPES, STRING, decode_image, decode_label, deserialize, stamp_ns
+from seg_ros.bag.reader import BagError, BagReader, TopicInfo
+from seg_ros.frames.codecs import direct_to_rgb
+from seg_ros.interface import OUTPUT_NAMESPACE
+from seg_ros.labels import IGNORE_INDEX, LabelSet
 
 __all__ = ['FILE_NAME_TOPIC', 'LABEL_SET_KEY', 'LABEL_TOPIC_NAMES', 'Frame', 'FrameStream', 'LabelAccount',
            'LabelError', 'LabelFolder', 'StampPairing', 'TopicProblems', 'camera_topics', 'check_ignore_values',
@@ -69,10 +69,8 @@ class Frame:
 
 
 def frame_rgb(frame: Frame) -> np.ndarray:
-    """The frame's pixels as RGB, reordered by the Segmenter's own table of direct encodings."""
-    _, to_rgb = ENCODINGS[frame.encoding]
-    pixels = frame.image if frame.image.ndim == 3 else frame.image[..., None]
-    return np.ascontiguousarray(pixels[..., list(to_rgb)])
+    """The frame's pixels as RGB."""
+    return direct_to_rgb(frame.image, frame.encoding)
 
 
 def _deserialize(raw: bytes, msgtype: str) -> Any:

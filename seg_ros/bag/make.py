@@ -1,6 +1,6 @@
 """``seg-bag make``: a rosbag2 with a camera topic from a video file or an image folder, without ROS.
 
-Frames come from ``seg_ros.sources`` (the sources ``sample_camera`` plays) and are written at a
+Frames come from ``seg_ros.frames.sources`` (the sources ``sample_camera`` plays) and are written at a
 fixed rate, each at bag time = header stamp. Label PNGs (single-channel class indices, 255 =
 ignore) go on a label topic beside the camera with the same stamps, and the bag's
 ``metadata.yaml`` names their label set, so ``seg-bag`` finds and scores them without options.
@@ -27,9 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..labels import LabelSet, get_label_set
-from ..sources import BagSource, FrameSource, ImageFolderSource, SourceError, VideoSource, open_source
-from .frames import (
+from seg_ros.bag.frames import (
     FILE_NAME_TOPIC,
     LABEL_SET_KEY,
     LabelFolder,
@@ -38,9 +36,19 @@ from .frames import (
     ignore_values,
     read_label_png,
 )
-from .messages import IMAGE, STRING, compressed_message, header_message, image_message, serialize, string_message
-from .reader import BagError
-from .writer import CAMERA_QOS, OutputBag
+from seg_ros.bag.messages import (
+    IMAGE,
+    STRING,
+    compressed_message,
+    header_message,
+    image_message,
+    serialize,
+    string_message,
+)
+from seg_ros.bag.reader import BagError
+from seg_ros.bag.writer import CAMERA_QOS, OutputBag
+from seg_ros.frames.sources import BagSource, FrameSource, ImageFolderSource, SourceError, VideoSource, open_source
+from seg_ros.labels import LabelSet, get_label_set
 
 __all__ = ['ENCODINGS', 'MakeOptions', 'make_bag']
 

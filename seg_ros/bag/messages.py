@@ -1,6 +1,6 @@
 """The ROS 2 messages the bag tool reads and writes, as ``rosbags`` objects (no ROS installation).
 
-Images go through the ROS-free conversions of ``seg_ros.imageproc``, the same ones the node's
+Images go through the ROS-free conversions of ``seg_ros.frames.codecs``, the same ones the node's
 ``seg_ros.ros.conversions`` uses. The stats message has the node's layout.
 """
 
@@ -10,20 +10,18 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rosbags.typesys import Stores, get_typestore
 
-from ..imageproc import array_to_image_fields, compressed_to_array, encode_compressed, image_to_array
-from ..outputs import stats_dimensions, stats_table
+from seg_ros.frames.bagfiles import TYPESTORE
+from seg_ros.frames.codecs import array_to_image_fields, compressed_to_array, encode_compressed, image_to_array
+from seg_ros.interface import stats_dimensions, stats_table
 
 if TYPE_CHECKING:
-    from ..inference import SegmentationResult
+    from seg_ros.inference.segmenter import SegmentationResult
 
 __all__ = ['COMPRESSED_IMAGE', 'IMAGE', 'IMAGE_TYPES', 'STATS', 'STRING', 'TYPESTORE',
            'compressed_message', 'decode_image', 'decode_label', 'deserialize', 'header_message',
            'image_message', 'serialize', 'stamp_ns', 'stats_message', 'string_message']
 
-# Image, CompressedImage, Header and Float32MultiArray are the same in every ROS 2 distribution.
-TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'

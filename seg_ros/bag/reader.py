@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 from rosbags.rosbag2 import Reader, ReaderError
 
-__all__ = ['BagError', 'BagReader', 'ReadStop', 'TopicInfo']
+from seg_ros.frames.bagfiles import STORAGE_SUFFIXES
 
-STORAGE_SUFFIXES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
+__all__ = ['BagError', 'BagReader', 'ReadStop', 'TopicInfo']
 
 _MCAP_MAGIC = b'\x89MCAP0\r\n'
 _MCAP_RECORD = struct.Struct('<BQ')  # opcode, content length

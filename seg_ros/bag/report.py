@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..labels import LabelSet
-from ..training.evaluate import agg_pyplot
+from seg_ros.labels import LabelSet
+from seg_ros.training.evaluate import agg_pyplot
 
 __all__ = ['FrameLog', 'format_markdown', 'number_text', 'plot_class_share', 'plot_confidence', 'table_lines',
            'write_json']

@@ -20,24 +20,17 @@ from typing import Any
 
 import torch
 
-from .combined import combine, format_combined_markdown
-from .evaluate import EXPECTED_ERRORS, EvaluationOptions, evaluate_bag
-from .reader import STORAGE_SUFFIXES, BagError
-from .report import write_json
+from seg_ros.bag.combined import combine, format_combined_markdown
+from seg_ros.bag.evaluate import EXPECTED_ERRORS, EvaluationOptions, evaluate_bag
+from seg_ros.bag.reader import BagError
+from seg_ros.bag.report import write_json
+from seg_ros.frames.bagfiles import is_bag
 
-__all__ = ['evaluate_one', 'evaluate_runs', 'find_bags', 'is_bag']
+__all__ = ['evaluate_one', 'evaluate_runs', 'find_bags']
 
 RunCallback = Callable[[dict[str, Any]], None]
 SCHEDULER_TIMEOUT_S = 10.0
 """How long to wait for a Dask scheduler to answer."""
-
-
-def is_bag(path: Path) -> bool:
-    """A storage file, or a folder with ``metadata.yaml`` or storage files of its own."""
-    if path.is_file():
-        return path.suffix in STORAGE_SUFFIXES
-    return path.is_dir() and ((path / 'metadata.yaml').is_file() or any(
-        child.suffix in STORAGE_SUFFIXES and child.is_file() for child in path.iterdir()))
 
 
 def find_bags(paths: Sequence[Path]) -> dict[str, Path]:

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ..inference import SegmentationResult
-from ..labels import LabelSet, common_label_set, mapping_table
-from ..metrics import ConfusionMatrix
-from ..training.evaluate import summarize
+from seg_ros.inference.segmenter import SegmentationResult
+from seg_ros.labels import LabelSet, common_label_set, mapping_table
+from seg_ros.metrics import ConfusionMatrix
+from seg_ros.training.evaluate import summarize
 
 __all__ = ['Agreement', 'GroundTruthScore', 'ModelStats']
 

@@ -17,7 +17,7 @@ import av
 import cv2
 import numpy as np
 
-from ..labels import LabelSet
+from seg_ros.labels import LabelSet
 
 __all__ = ['MosaicRows', 'Panel', 'SideBySide', 'VideoFile', 'save_png']
 

@@ -38,13 +38,13 @@ from rosbags.interfaces import (
 )
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer, WriterError
 
-from ..outputs import output_prefix
-from .frames import Frame, frame_rgb
-from .messages import COMPRESSED_IMAGE, STATS, TYPESTORE, compressed_message, serialize, stats_message
-from .reader import BagError
+from seg_ros.bag.frames import Frame, frame_rgb
+from seg_ros.bag.messages import COMPRESSED_IMAGE, STATS, TYPESTORE, compressed_message, serialize, stats_message
+from seg_ros.bag.reader import BagError
+from seg_ros.interface import output_prefix
 
 if TYPE_CHECKING:
-    from ..inference import SegmentationResult
+    from seg_ros.inference.segmenter import SegmentationResult
 
 __all__ = ['CAMERA_QOS', 'DEFAULT_OUTPUTS', 'HUMBLE_METADATA_VERSION', 'OUTPUTS', 'RESULT_QOS', 'STORAGE_PLUGINS',
            'OutputBag', 'ResultWriter', 'parse_outputs', 'result_prefix']

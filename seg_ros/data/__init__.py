@@ -5,7 +5,7 @@
 >>> image, label = train[0]          # (3, 360, 480) float, (360, 480) int64 with 255 = ignore
 """
 
-from .datasets import (
+from seg_ros.data.datasets import (
     DatasetError,
     SegmentationDataset,
     build_dataset,
@@ -13,8 +13,8 @@ from .datasets import (
     register_dataset,
     validate_dataset,
 )
-from .frequency import class_frequencies, class_pixel_counts
-from .transforms import EvalTransform, TrainTransform, mixup_batch
+from seg_ros.data.frequency import class_frequencies, class_pixel_counts
+from seg_ros.data.transforms import EvalTransform, TrainTransform, mixup_batch
 
 __all__ = ['DatasetError', 'EvalTransform', 'SegmentationDataset', 'TrainTransform', 'build_dataset',
            'class_frequencies', 'class_pixel_counts', 'list_datasets', 'mixup_batch', 'register_dataset',

@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 from torch.utils.data import Dataset
 
-from ..labels import CAMVID11, CITYSCAPES19, IGNORE_INDEX, LabelSet
+from seg_ros.labels import CAMVID11, CITYSCAPES19, IGNORE_INDEX, LabelSet
 
 __all__ = ['BDD100K', 'CamVid', 'Cityscapes', 'DatasetError', 'FolderDataset', 'MapillaryVistas',
            'SegmentationDataset', 'SynthiaRandCityscapes', 'build_dataset', 'list_datasets',

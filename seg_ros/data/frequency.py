@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..training.losses import enet_class_weights
-from .datasets import DatasetError, SegmentationDataset, build_dataset, list_datasets
+from seg_ros.data.datasets import DatasetError, SegmentationDataset, build_dataset, list_datasets
+from seg_ros.training.losses import enet_class_weights
 
 __all__ = ['class_frequencies', 'class_pixel_counts', 'main']
 

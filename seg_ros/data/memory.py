@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import IMAGENET_MEAN, IMAGENET_STD
-from ..labels import IGNORE_INDEX
-from .datasets import DatasetError, SegmentationDataset
-from .transforms import TrainTransform
+from seg_ros.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from seg_ros.data.datasets import DatasetError, SegmentationDataset
+from seg_ros.data.transforms import TrainTransform
+from seg_ros.labels import IGNORE_INDEX
 
 __all__ = ['BatchAugment', 'FramesInMemory', 'InMemoryLoader', 'PerFrameAugment', 'memory_budget_bytes']
 

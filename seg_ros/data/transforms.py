@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 import torch
 
-from ..checkpoint import IMAGENET_MEAN, IMAGENET_STD
-from ..labels import IGNORE_INDEX
+from seg_ros.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from seg_ros.labels import IGNORE_INDEX
 
 __all__ = ['EvalTransform', 'TrainTransform', 'mixup_batch']
 

@@ -4,9 +4,9 @@
 >>> net = build_model('erfnet', num_classes=19)
 """
 
-from . import dsnet, enet, erfnet, segfast  # noqa: F401  (registers the networks)
-from ._base import SegmentationNet
-from ._registry import build_model, get_model_builder, list_models, register_model
+from seg_ros.models import dsnet, enet, erfnet, segfast  # noqa: F401  (registers the networks)
+from seg_ros.models._base import SegmentationNet
+from seg_ros.models._registry import build_model, get_model_builder, list_models, register_model
 
 __all__ = ['SegmentationNet', 'build_model', 'count_parameters', 'get_model_builder', 'list_models',
            'register_model']

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from . import build_model, count_parameters, list_models
+from seg_ros.models import build_model, count_parameters, list_models
 
 # Figures the papers report, for the table printed beside ours.
 PAPER_PARAMETERS = {

@@ -46,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import SegmentationNet
-from ._registry import register_model
-from .enet import max_pool2x2_with_indices, max_unpool2x2
+from seg_ros.models._base import SegmentationNet
+from seg_ros.models._registry import register_model
+from seg_ros.models.enet import max_pool2x2_with_indices, max_unpool2x2
 
 __all__ = ['BasicUnit', 'ContextEncoding', 'DSNet', 'DownUnit', 'InitUnit', 'UpUnit', 'channel_shuffle',
            'dsnet']

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import SegmentationNet, is_symbolic
-from ._registry import register_model
+from seg_ros.models._base import SegmentationNet, is_symbolic
+from seg_ros.models._registry import register_model
 
 __all__ = ['DownsamplingBottleneck', 'ENet', 'InitialBlock', 'RegularBottleneck', 'UpsamplingBottleneck',
            'enet', 'max_pool2x2_with_indices', 'max_unpool2x2']

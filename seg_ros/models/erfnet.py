@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import SegmentationNet
-from ._registry import register_model
+from seg_ros.models._base import SegmentationNet
+from seg_ros.models._registry import register_model
 
 __all__ = ['DownsamplerBlock', 'ERFNet', 'NonBottleneck1d', 'UpsamplerBlock', 'erfnet']
 

@@ -43,7 +43,7 @@ on them); the depth-wise 2x2 upsampling is a broadcast product (``DepthwiseUpsam
 PyTorch's slow depth-wise transposed convolution; in eval mode each convolution absorbs the batch
 norm before it (``ConvUnit``; a padded one with a correction of its border), except SegFast-Basic's
 three plain transposed convolutions. Measured against the authors' code in docs/BENCHMARKS.md
-(``python -m seg_ros.segfast_reference``).
+(``python -m seg_ros.bench.segfast_reference``).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import SegmentationNet
-from ._registry import register_model
+from seg_ros.models._base import SegmentationNet
+from seg_ros.models._registry import register_model
 
 __all__ = ['ConvUnit', 'DecoderBlock', 'DepthwiseUpsample', 'FireModule', 'SegFast', 'SeparableConv',
            'SeparableTransposedConv', 'SparkModule', 'segfast', 'segfast_basic']

@@ -5,7 +5,7 @@ Paired pure functions in the manner of vision_opencv's ``cv_bridge/core.py``:
 - ``image_to_array`` / ``array_to_image`` for ``sensor_msgs/Image``;
 - ``compressed_to_array`` / ``array_to_compressed`` for ``sensor_msgs/CompressedImage`` (JPEG, PNG).
 
-The pixel work lives in ``seg_ros.imageproc``, which imports no ROS package (the bag tool uses it
+The pixel work lives in ``seg_ros.frames.codecs``, which imports no ROS package (the bag tool uses it
 on messages deserialised by ``rosbags``); this module adds the rclpy message types. The encodings
 the inference core takes directly (``DIRECT_ENCODINGS``) come back as views of the message buffer
 with no copy; every other supported encoding is converted to ``rgb8`` with OpenCV. All failures
@@ -20,7 +20,7 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from ..imageproc import (
+from seg_ros.frames.codecs import (
     DIRECT_ENCODINGS,
     MAX_PIXELS,
     SUPPORTED_ENCODINGS,

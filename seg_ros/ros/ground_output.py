@@ -31,7 +31,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, LaserScan
 from std_msgs.msg import Header
 
-from ..ground import (
+from seg_ros.ground import (
     OCCUPANCY,
     CameraModel,
     CameraPose,
@@ -47,8 +47,8 @@ from ..ground import (
     project_mask,
     scan_ranges,
 )
-from ..labels import LabelSet
-from ..outputs import camera_info_topic
+from seg_ros.interface import camera_info_topic
+from seg_ros.labels import LabelSet
 
 __all__ = ['GroundOutputs', 'camera_model', 'common_namespace', 'grid_message', 'parse_pose', 'scan_message']
 

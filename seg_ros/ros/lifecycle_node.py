@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from .node import SegmentNode, StartupError, run
+from seg_ros.ros.node import SegmentNode, StartupError, run
 
 __all__ = ['ManagedSegmentNode', 'main']
 

@@ -65,16 +65,17 @@ from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension, MultiArrayLayout, String
 
-from ..backends import BACKENDS
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..inference import PRECISIONS, SegmentationError, SegmentationResult, Segmenter
-from ..models import list_models
-from ..outputs import output_prefix, stats_dimensions, stats_table
-from ..paths import default_checkpoint
-from .conversions import ConversionError, array_to_image, compressed_to_array, image_to_array
-from .ground_output import GroundOutputs
-from .qos import LATCHED, OUTPUT, RELIABILITY_CHOICES, SubscriptionEventCallbacks, input_qos
-from .spinning import init, spin
+from seg_ros.checkpoint import CheckpointError, load_checkpoint
+from seg_ros.inference.backends import BACKENDS
+from seg_ros.inference.segmenter import SegmentationError, SegmentationResult, Segmenter
+from seg_ros.interface import output_prefix, stats_dimensions, stats_table
+from seg_ros.models import list_models
+from seg_ros.paths import default_checkpoint
+from seg_ros.ros.conversions import ConversionError, array_to_image, compressed_to_array, image_to_array
+from seg_ros.ros.ground_output import GroundOutputs
+from seg_ros.ros.qos import LATCHED, OUTPUT, RELIABILITY_CHOICES, SubscriptionEventCallbacks, input_qos
+from seg_ros.ros.spinning import init, spin
+from seg_ros.vocabulary import PRECISION_CHOICES
 
 __all__ = ['PARAMETERS', 'ParameterSpec', 'SegmentNode', 'StartupError', 'main', 'run']
 
@@ -105,7 +106,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
     'device': ParameterSpec('auto', 'auto (CUDA when available), cpu, cuda or cuda:N', read_only=True),
     'precision': ParameterSpec(
         'auto', 'inference precision; auto: measured with backend at start-up (fp32, and bf16 where native)',
-        read_only=True, choices=PRECISIONS),
+        read_only=True, choices=PRECISION_CHOICES),
     'backend': ParameterSpec(
         'auto', 'torch, onnxruntime (CPU, fp32), openvino (CPU, fp32/bf16) or auto (the fastest whose masks agree '
         'with fp32 PyTorch, measured at start-up and cached)', read_only=True, choices=BACKENDS),

@@ -28,11 +28,11 @@ from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from ..outputs import camera_info_topic
-from ..sources import SourceError, open_source, play
-from .conversions import array_to_compressed, array_to_image
-from .qos import RELIABILITY_CHOICES, input_qos
-from .spinning import init, spin
+from seg_ros.frames.sources import SourceError, open_source, play
+from seg_ros.interface import camera_info_topic
+from seg_ros.ros.conversions import array_to_compressed, array_to_image
+from seg_ros.ros.qos import RELIABILITY_CHOICES, input_qos
+from seg_ros.ros.spinning import init, spin
 
 __all__ = ['PARAMETERS', 'SampleCamera', 'main']
 
@@ -73,7 +73,7 @@ def camera_info(intrinsics: tuple[float, float, float, float], width: int, heigh
 
 
 class SampleCamera(Node):
-    """Publishes the frames of one ``seg_ros.sources`` source at a fixed rate."""
+    """Publishes the frames of one ``seg_ros.frames.sources`` source at a fixed rate."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)

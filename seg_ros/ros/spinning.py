@@ -15,7 +15,7 @@ import rclpy
 from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.signals import SignalHandlerOptions
 
-from .entry_points import defer_stops, stop_on_signals, stop_requested
+from seg_ros.ros.entry_points import defer_stops, stop_on_signals, stop_requested
 
 __all__ = ['init', 'spin']
 

@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from seg_ros.checkpoint import CheckpointError, load_checkpoint
 from seg_ros.data import DatasetError, EvalTransform, build_dataset, list_datasets, validate_dataset
-from seg_ros.inference import resolve_device
-from seg_ros.training.config import PRECISIONS, RecipeError, dump_recipe, load_recipe, recipe_dirs
+from seg_ros.inference.segmenter import resolve_device
+from seg_ros.training.config import RecipeError, dump_recipe, load_recipe, recipe_dirs
 from seg_ros.training.evaluate import check_same_classes, evaluate, format_report, plot_confusion, summarize
+from seg_ros.vocabulary import PRECISIONS
 
 __all__ = ['eval_main', 'train_main']
 

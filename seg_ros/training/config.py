@@ -45,11 +45,11 @@ from typing import Any
 import yaml
 
 from seg_ros.models import list_models
+from seg_ros.vocabulary import PRECISION_CHOICES
 
-__all__ = ['PRECISIONS', 'RecipeError', 'Stage', 'apply_overrides', 'dump_recipe', 'find_recipe',
+__all__ = ['RecipeError', 'Stage', 'apply_overrides', 'dump_recipe', 'find_recipe',
            'load_recipe', 'recipe_dirs', 'resolve_stages', 'validate_recipe']
 
-PRECISIONS = ('fp32', 'fp16', 'bf16')
 SCHEDULE_METRICS = ('val_miou', 'train_loss')
 
 DEFAULTS: dict[str, Any] = {
@@ -364,8 +364,8 @@ def validate_recipe(recipe: dict[str, Any]) -> None:
                                                 or not recipe['model']['init']):
         raise _fail('model.init', f'needs a checkpoint path or null, got {recipe["model"]["init"]!r}')
     train, evaluation = recipe['train'], recipe['eval']
-    if train['precision'] not in ('auto', *PRECISIONS):
-        raise _fail('train.precision', f'needs auto or one of {", ".join(PRECISIONS)}, got {train["precision"]!r}')
+    if train['precision'] not in PRECISION_CHOICES:
+        raise _fail('train.precision', f'needs one of {", ".join(PRECISION_CHOICES)}, got {train["precision"]!r}')
     if train['channels_last'] != 'auto' and not isinstance(train['channels_last'], bool):
         raise _fail('train.channels_last', f'needs auto, true or false, got {train["channels_last"]!r}')
     if train['compile'] != 'auto' and not isinstance(train['compile'], bool):

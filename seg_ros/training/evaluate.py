@@ -20,6 +20,7 @@ from torch import nn
 
 from seg_ros.labels import CITYSCAPES19, IGNORE_INDEX, LabelSet
 from seg_ros.metrics import CITYSCAPES_CATEGORIES, CITYSCAPES_CATEGORY_NAMES, ConfusionMatrix
+from seg_ros.vocabulary import percent
 
 __all__ = ['agg_pyplot', 'autocast_context', 'check_same_classes', 'evaluate', 'format_report',
            'plot_confusion', 'plot_per_class_iou', 'predict_scores', 'summarize']
@@ -100,10 +101,6 @@ def check_same_classes(model_labels: LabelSet, data_labels: LabelSet, *, what: s
             'meaningful on a dataset with the same classes in the same order')
 
 
-def _percent(value: float) -> float | None:
-    return None if np.isnan(value) else 100.0 * float(value)
-
-
 def summarize(confusion: ConfusionMatrix, labels: LabelSet) -> dict[str, Any]:
     """Scores in percent (None where undefined), for the JSON report and the checkpoint's metadata.
 
@@ -113,13 +110,13 @@ def summarize(confusion: ConfusionMatrix, labels: LabelSet) -> dict[str, Any]:
     """
     report = confusion.to_dict(labels.names)
     accuracy = confusion.class_accuracy()
-    report['per_class_accuracy'] = {name: _percent(v) for name, v in zip(labels.names, accuracy, strict=True)}
+    report['per_class_accuracy'] = {name: percent(v) for name, v in zip(labels.names, accuracy, strict=True)}
     if tuple(labels.names) == tuple(CITYSCAPES19.names):
         categories = confusion.category_iou(CITYSCAPES_CATEGORIES)
-        report['category_iou'] = {name: _percent(v)
+        report['category_iou'] = {name: percent(v)
                                   for name, v in zip(CITYSCAPES_CATEGORY_NAMES, categories, strict=True)}
         present = categories[~np.isnan(categories)]
-        report['category_miou'] = _percent(present.mean()) if present.size else None
+        report['category_miou'] = percent(present.mean()) if present.size else None
     report['classes'] = list(labels.names)
     report['confusion_matrix'] = confusion.matrix.tolist()
     return report

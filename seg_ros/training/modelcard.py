@@ -7,7 +7,7 @@ writes ``<out>/<network>_<dataset>.md``: the recipe file, its overrides and the 
 (checked against the one the checkpoint holds), the data, the training resolution, the epochs, the
 hardware and wall time (from the checkpoint's metadata and the run's ``log.jsonl``), the per-class
 IoU and mIoU on the validation split (``seg-eval`` at the checkpoint's input size, scored at full
-label resolution), the parameters, and the frames/s of ``seg_ros.inference.Segmenter`` on this
+label resolution), the parameters, and the frames/s of ``seg_ros.inference.segmenter.Segmenter`` on this
 machine. A YAML header holds the headline numbers, from which ``<out>/README.md`` is regenerated:
 one row per ``<out>/*.pt`` and which of them the node loads by default.
 
@@ -35,8 +35,8 @@ import yaml
 
 from seg_ros.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from seg_ros.data import DatasetError, build_dataset
-from seg_ros.fastpath import latencies_ms
-from seg_ros.inference import Segmenter, resolve_device
+from seg_ros.inference.preparation import latencies_ms
+from seg_ros.inference.segmenter import Segmenter, resolve_device
 from seg_ros.models import count_parameters
 from seg_ros.paths import DEFAULT_DATASET, share_dirs
 from seg_ros.reporting import machine_info
@@ -44,6 +44,7 @@ from seg_ros.training.cli import eval_main
 from seg_ros.training.config import RecipeError, dump_recipe, find_recipe, load_recipe, resolve_stages
 from seg_ros.training.evaluate import format_report
 from seg_ros.training.runlog import changed_keys, log_records, read_epoch_records
+from seg_ros.vocabulary import percent_text
 
 __all__ = ['EvaluationError', 'main', 'measure_speed', 'seg_eval_report', 'training_wall_time', 'write_card',
            'write_index']
@@ -163,10 +164,6 @@ def _shown_path(path: Path) -> Path:
     return resolved.relative_to(source) if resolved.is_relative_to(source) else path
 
 
-def _percent(value: float | None) -> str:
-    return 'n/a' if value is None else f'{value:.1f}'
-
-
 def card_text(*, file_name: str, checkpoint: Checkpoint, checkpoint_path: Path, sha256: str, command: str,
               recipe_name: str, overrides: list[str], hardware: str, report: dict[str, Any],
               speed: dict[str, Any], label_size: Sequence[int], log_path: Path) -> str:
@@ -284,7 +281,7 @@ def write_index(models_dir: Path) -> Path:
             cards[path.name] = header
             height, width = header['input_size']
             rows.append(f'| `{path.name}` | [{header["model"]}]({card_path.name}) | {header["dataset"]} | '
-                        f'{height}x{width} | {header["parameters"]:,} | {_percent(header["val_miou"])} '
+                        f'{height}x{width} | {header["parameters"]:,} | {percent_text(header["val_miou"])} '
                         f'({header["val_split"]}) | {header["fps"]} ({header["fps_on"]}) |')
     for card_path in sorted(models_dir.glob('*.md')):
         header = read_card_header(card_path)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from seg_ros.inference import resolve_device
+from seg_ros.inference.segmenter import resolve_device
 
 __all__ = ['Processes', 'configure_determinism', 'derived_seed', 'rng_state', 'seed_worker', 'set_rng_state',
            'start_processes']

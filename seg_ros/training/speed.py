@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import SegmentationDataset, TrainTransform, build_dataset
-from ..data.memory import FramesInMemory
-from ..inference import resolve_precision
-from ..labels import IGNORE_INDEX
-from ..models import build_model
-from .evaluate import autocast_context
-from .feeding import train_loader
+from seg_ros.data import SegmentationDataset, TrainTransform, build_dataset
+from seg_ros.data.memory import FramesInMemory
+from seg_ros.inference.segmenter import resolve_precision
+from seg_ros.labels import IGNORE_INDEX
+from seg_ros.models import build_model
+from seg_ros.training.evaluate import autocast_context
+from seg_ros.training.feeding import train_loader
 
 __all__ = ['StepChoice', 'StepSettings', 'candidate_settings', 'choose_step_settings', 'compare_trainers',
            'compile_pays',

@@ -38,13 +38,14 @@ from typing import Any
 import torch
 
 from seg_ros.data import DatasetError, build_dataset, class_frequencies
-from seg_ros.inference import resolve_device
+from seg_ros.inference.segmenter import resolve_device
 from seg_ros.reporting import clock_duration, machine_info, markdown_table
 from seg_ros.training.config import RecipeError, load_recipe
 from seg_ros.training.feeding import resolve_num_workers
 from seg_ros.training.modelcard import seg_eval_report, training_wall_time
 from seg_ros.training.runlog import LOG, read_epoch_records
 from seg_ros.training.trainer import BEST, Trainer, TrainingError
+from seg_ros.vocabulary import percent_text
 
 __all__ = ['STUDIES', 'Run', 'Study', 'main', 'run_study']
 
@@ -242,10 +243,6 @@ def run_one(run: Run, recipe_name: str, common: list[str], folder: Path) -> dict
         return {**row, 'status': 'failed', 'message': f'{type(exc).__name__}: {exc}'}
 
 
-def _percent(value: float | None) -> str | None:
-    return None if value is None else f'{value:.1f}'
-
-
 def _status(row: dict[str, Any]) -> str:
     if row['status'] == 'done':
         return 'done (earlier)' if row['reused'] else 'done'
@@ -262,8 +259,8 @@ def format_results(results: dict[str, Any]) -> str:
     rows = []
     for row in results['runs']:
         per_class = row.get('per_class_iou') or {}
-        rows.append({'label': row['label'], **{f'iou.{n}': _percent(per_class.get(n)) for n in classes},
-                     'miou': _percent(row.get('miou')), 'epochs': row.get('epochs'),
+        rows.append({'label': row['label'], **{f'iou.{n}': percent_text(per_class.get(n), '-') for n in classes},
+                     'miou': percent_text(row.get('miou'), '-'), 'epochs': row.get('epochs'),
                      'wall_time': clock_duration(row.get('wall_time_s')), 'precision': row.get('precision'),
                      'published': row['published'], 'status': _status(row)})
     frequency = results.get('class_frequency')

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ..test_node import Ros
+from ..support.ros import Ros
 
 _FIGURES: dict[str, dict[str, Any]] = {}
 

@@ -24,7 +24,7 @@ from sensor_msgs.msg import Image
 
 from seg_ros.ros.conversions import array_to_image
 
-from ..test_node import Ros, values
+from ..support.ros import Ros, values
 
 REPO = Path(__file__).resolve().parents[2]
 READY_LINE = 'segmenting '  # the node's info line once it subscribes

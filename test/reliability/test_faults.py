@@ -29,7 +29,7 @@ from sensor_msgs.msg import Image
 
 from seg_ros.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from seg_ros.data import DatasetError
-from seg_ros.inference import Segmenter
+from seg_ros.inference.segmenter import Segmenter
 from seg_ros.models import get_model_builder, register_model
 from seg_ros.ros.node import SegmentNode, StartupError
 from seg_ros.training.cli import train_main
@@ -37,10 +37,10 @@ from seg_ros.training.config import load_recipe
 from seg_ros.training.runlog import read_epoch_records
 from seg_ros.training.trainer import Trainer
 
-from ..dataset_fixtures import write_shapes
 from ..support import CHANNEL_LABELS, CHANNEL_NET, ChannelArgmaxNet, channel_checkpoint
-from ..test_node import Ros, camera_image, pixels, stamped, values, wait_for
-from ..test_training import _subprocess_env, _train_command, tiny_recipe_file
+from ..support.datasets import write_shapes
+from ..support.ros import Ros, camera_image, pixels, stamped, values, wait_for
+from ..support.training import subprocess_env, tiny_recipe_file, train_command
 from .harness import REPO
 
 HEIGHT, WIDTH = 48, 64
@@ -222,7 +222,7 @@ def test_training_killed_ten_times_at_random_points(tmp_path: Path, one_thread, 
     rng = random.Random(8)
     kills: list[dict[str, Any]] = []
     for kill in range(KILLS):
-        process = subprocess.Popen(_train_command(recipe, run, epochs, '--resume'), env=_subprocess_env(),
+        process = subprocess.Popen(train_command(recipe, run, epochs, '--resume'), env=subprocess_env(),
                                    cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         where = kill_at_random(process, run, rng, epoch_seconds)
         _, stderr = process.communicate()
@@ -233,7 +233,7 @@ def test_training_killed_ten_times_at_random_points(tmp_path: Path, one_thread, 
         kills.append({'during': where, 'epochs_done': epoch,
                       'temporary_files': len(list(run.glob('.*.tmp'))) if run.exists() else 0})
 
-    final = subprocess.run(_train_command(recipe, run, epochs, '--resume'), env=_subprocess_env(), cwd=REPO,
+    final = subprocess.run(train_command(recipe, run, epochs, '--resume'), env=subprocess_env(), cwd=REPO,
                            capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
     whole, resumed = load_checkpoint(tmp_path / 'whole' / 'last.pt'), load_checkpoint(run / 'last.pt')

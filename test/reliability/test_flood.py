@@ -28,7 +28,7 @@ from seg_ros.checkpoint import Checkpoint, save_checkpoint
 from seg_ros.labels import CAMVID11
 from seg_ros.models import build_model
 
-from ..test_node import Ros, wait_for
+from ..support.ros import Ros, wait_for
 from .harness import Answers, NodeProcess, camera_frames, publish_paced, settled_counters
 
 TOPIC = '/flood/image_raw'

@@ -25,7 +25,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from seg_ros.inference import Segmenter
+from seg_ros.inference.segmenter import Segmenter
 from seg_ros.ros.conversions import (
     DIRECT_ENCODINGS,
     SUPPORTED_ENCODINGS,
@@ -37,7 +37,7 @@ from seg_ros.ros.conversions import (
 from seg_ros.ros.node import SegmentNode
 
 from ..support import CHANNEL_NET, channel_checkpoint
-from ..test_node import Ros, pixels, wait_for
+from ..support.ros import Ros, pixels, wait_for
 
 MAX_PIXELS = 20_000  # small, so that rewritten header sizes cross it both ways
 UINT32 = st.integers(0, 2**32 - 1)

@@ -17,7 +17,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from ..support import CHANNEL_NET, channel_checkpoint
-from ..test_node import Ros, values, wait_for
+from ..support.ros import Ros, values, wait_for
 from .harness import Answers, NodeProcess, camera_frames, publish_paced, settled_counters
 
 FRAMES = 10_000

@@ -31,15 +31,15 @@ from seg_ros.bag.messages import IMAGE, header_message, image_message, serialize
 from seg_ros.bag.writer import OutputBag
 from seg_ros.checkpoint import CheckpointError, load_checkpoint
 from seg_ros.data import DatasetError, build_dataset
-from seg_ros.export import main as export_main
-from seg_ros.inference import Segmenter
+from seg_ros.inference.cli import main as export_main
+from seg_ros.inference.segmenter import Segmenter
 from seg_ros.ros.node import SegmentNode, StartupError
 from seg_ros.training.cli import eval_main, train_main
 from seg_ros.training.config import RecipeError, load_recipe
 
-from ..dataset_fixtures import write_shapes
 from ..support import CHANNEL_NET, channel_checkpoint
-from ..test_node import Ros
+from ..support.datasets import write_shapes
+from ..support.ros import Ros
 from ..test_training import tiny_recipe_file
 from .harness import REPO
 
@@ -171,7 +171,7 @@ def _command_lines(folder: Path, checkpoint: Path) -> dict[str, Callable[[], int
                                                   '--resume', str(checkpoint)]),
         'seg-bag': lambda: bag_main([str(_small_bag(folder)), '-c', str(checkpoint), '--out',
                                      str(folder / 'out'), '-q']),
-        'seg-export': lambda: export_main(['--checkpoint', str(checkpoint), '--output', str(folder / 'onnx')]),
+        'seg-export': lambda: export_main(['--checkpoint', str(checkpoint), '--out', str(folder / 'onnx')]),
     }
 
 

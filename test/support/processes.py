@@ -3,6 +3,7 @@ file, stopped with signals; and the check that the installed seg_ros is the chec
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import filecmp
 import importlib.util
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROS2CLI = REPO.parent / 'shared' / 'ros2cli'  # the launch system and ros2 CLI as wheels (not on PyPI)
 ROS2CLI_ABSENT = f'{ROS2CLI} is absent: it holds the ROS 2 launch system and ros2 CLI wheels these tests run'
 PREFIX = Path(sys.prefix)  # the environment the suite runs in, where dev.sh installed seg_ros
@@ -118,3 +119,22 @@ def stop_launch(launched: Started, *, terminal: bool = False, timeout: float = 3
     assert_clean(output)
     started, finished = output.count('process started with pid'), output.count('process has finished cleanly')
     assert started and finished == started, output[-4000:]
+
+
+def node_executables() -> list[str]:
+    module = ast.parse((REPO / 'setup.py').read_text())
+    value = next(node.value for node in module.body if isinstance(node, ast.Assign)
+                 and any(getattr(target, 'id', None) == 'NODE_EXECUTABLES' for target in node.targets))
+    return list(ast.literal_eval(value))
+
+
+# Arguments that end each executable at once, its exit code and words of its output: each is imported
+# and run by the interpreter of this environment, which PATH could not provide. The lifecycle node
+# waits for transitions whatever its arguments; it is run in the stop test below.
+QUICK_RUNS = {
+    'segment_node': (['--ros-args', '-p', 'model:=nonet'], 1, "unknown model 'nonet'"),
+    'sample_camera': (['--ros-args', '-p', 'source:=/nonexistent.mp4'], 1, '/nonexistent.mp4'),
+    'train': (['--help'], 0, 'usage'),
+    'eval': (['--help'], 0, 'usage'),
+}
+

@@ -39,16 +39,16 @@ from rclpy.time import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, String
 
-from .paths import share_dirs
-from .ros.conversions import image_to_array
-from .ros.qos import LATCHED, input_qos
-from .synthetic import CAMERA_HEIGHT
+from seg_ros.frames.synthetic import CAMERA_HEIGHT
+from seg_ros.paths import fastdds_profile
+from seg_ros.ros.conversions import image_to_array
+from seg_ros.ros.qos import LATCHED, input_qos
+from seg_ros.vocabulary import PRECISION_CHOICES
 
 __all__ = ['DemoMonitor', 'main']
 
 CAMERA_TOPIC = '/camera/image_raw'
 RESULTS = '/camera/segmentation'  # where segment_node puts the results of CAMERA_TOPIC
-FASTDDS_PROFILE = Path('config') / 'fastdds.xml'
 STOP_TIMEOUT = 10.0  # seconds a process gets to exit after SIGINT, and again after SIGTERM
 TOP_CLASSES = 3
 SYNTHETIC_CAMERA_POSE = f'0 0 {CAMERA_HEIGHT} 0 0 0'  # in base_link: x y z roll pitch yaw
@@ -96,14 +96,6 @@ class DemoMonitor(Node):
 
     def _class_name(self, index: int) -> str:
         return self._class_names[index] if index < len(self._class_names) else f'class {index}'
-
-
-def _fastdds_profile() -> Path:
-    for directory in share_dirs():
-        if (directory / FASTDDS_PROFILE).is_file():
-            return directory / FASTDDS_PROFILE
-    searched = ', '.join(map(str, share_dirs())) or 'no share folder found'
-    raise FileNotFoundError(f'{FASTDDS_PROFILE} not found (searched {searched})')
 
 
 def _node_command(module: str, parameters: dict[str, object]) -> list[str]:
@@ -197,7 +189,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--model', help="network of a shipped checkpoint (segment_node's default: enet)")
     parser.add_argument('--weights', help='checkpoint file to use instead of a shipped one')
     parser.add_argument('--device', help='auto, cpu, cuda or cuda:N (default: auto)')
-    parser.add_argument('--precision', choices=('auto', 'fp32', 'fp16', 'bf16'), help='default: auto')
+    parser.add_argument('--precision', choices=PRECISION_CHOICES, help='default: auto')
     parser.add_argument('--source', default='synthetic',
                         help='synthetic, a video, an image folder, a rosbag2 or v4l2:/dev/videoN')
     parser.add_argument('--rate', type=float, default=15.0, help='camera frames per second')
@@ -216,7 +208,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; 0 when results arrived and the last overlay was saved."""
     args = parse_args(argv)
-    os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(_fastdds_profile()))
+    os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(fastdds_profile()))
     os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
     print(f'seg-demo: ROS_DOMAIN_ID={os.environ["ROS_DOMAIN_ID"]}, '
           f'FASTDDS_DEFAULT_PROFILES_FILE={os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]}; '

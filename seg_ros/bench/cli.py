@@ -59,20 +59,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .backends import (
-    REFERENCE,
-    SERVES,
-    Candidate,
-    ChoiceCache,
-    candidates,
-    cpu_supports_bf16,
-    make_forward,
-)
-from .checkpoint import Checkpoint, save_checkpoint
-from .data import SegmentationDataset, build_dataset
-from .export import format_resolution, parse_resolution
-from .fastpath import latencies_ms, prepare_model
-from .ground import (
+from seg_ros.checkpoint import Checkpoint, save_checkpoint
+from seg_ros.data import SegmentationDataset, build_dataset
+from seg_ros.ground import (
     CameraModel,
     CameraPose,
     GroundGrid,
@@ -83,11 +72,22 @@ from .ground import (
     project_mask,
     scan_ranges,
 )
-from .inference import PRECISIONS, Segmenter, resolve_device, resolve_precision
-from .labels import CAMVID11
-from .models import build_model, count_parameters, list_models
-from .paths import default_checkpoint
-from .reporting import machine_info, markdown_table
+from seg_ros.inference.backends import (
+    REFERENCE,
+    SERVES,
+    Candidate,
+    ChoiceCache,
+    candidates,
+    cpu_supports_bf16,
+    make_forward,
+)
+from seg_ros.inference.preparation import latencies_ms, prepare_model
+from seg_ros.inference.segmenter import Segmenter, resolve_device, resolve_precision
+from seg_ros.labels import CAMVID11
+from seg_ros.models import build_model, count_parameters, list_models
+from seg_ros.paths import default_checkpoint, fastdds_profile
+from seg_ros.reporting import machine_info, markdown_table
+from seg_ros.vocabulary import PRECISION_CHOICES, PRECISIONS, format_size, parse_size
 
 __all__ = ['MODES', 'PAPER_FIGURES', 'Mode', 'PaperFigure', 'main', 'run_benchmark']
 
@@ -305,7 +305,7 @@ def bench_forward(args: argparse.Namespace, device: torch.device) -> tuple[list[
                 for mode in (MODES[name] for name in args.modes):
                     reason = mode.unavailable(device, precision)
                     if reason:
-                        skipped.append({'network': network, 'resolution': format_resolution(size),
+                        skipped.append({'network': network, 'resolution': format_size(size),
                                         'precision': precision, 'mode': mode.name, 'reason': reason})
                     else:
                         candidates.append(_candidate(args, plain, size, precision, mode, device))
@@ -365,7 +365,7 @@ def _forward_row(args: argparse.Namespace, candidate: _Candidate, size: tuple[in
     # measured, as the reason why.
     native = resolve_precision(candidate.precision, device)[0] == candidate.precision
     return {
-        'resolution': format_resolution(size), 'height': size[0], 'width': size[1], 'batch': args.batch,
+        'resolution': format_size(size), 'height': size[0], 'width': size[1], 'batch': args.batch,
         'precision': candidate.precision, 'native_precision': native, 'mode': candidate.mode.name,
         'backend': candidate.backend, **summary,
         'fps': 1000.0 * args.batch / summary['p50_ms'], 'repeat_p50_ms': medians,
@@ -406,7 +406,7 @@ def _sample_images(args: argparse.Namespace, size: tuple[int, int]) -> list[np.n
     bundled sample the automatic choice uses by default."""
     import cv2
 
-    from .synthetic import SyntheticRoadScene
+    from seg_ros.frames.synthetic import SyntheticRoadScene
 
     if args.images:
         images = []
@@ -452,7 +452,7 @@ def _segment_rows(args: argparse.Namespace, device: torch.device, network: str, 
     # A cache of its own: the choice is measured in this run, on these frames.
     start = time.perf_counter()
     segmenters[AUTO] = Segmenter(checkpoint, sample_frames=images, choice_cache=ChoiceCache(
-        folder / f'choices_{network}_{format_resolution(size)}.json'), **common)
+        folder / f'choices_{network}_{format_size(size)}.json'), **common)
     auto_startup_s = time.perf_counter() - start
     with torch.inference_mode():
         reference = [segmenters[str(REFERENCE)].segment(image, outputs=set()).mask for image in images]
@@ -469,7 +469,7 @@ def _segment_rows(args: argparse.Namespace, device: torch.device, network: str, 
         masks = [segmenter.segment(image, outputs=set()).mask for image in images]
         agreement = float(np.mean([np.mean(m == r) for m, r in zip(masks, reference, strict=True)]))
         median = float(np.median(times[name]))
-        row = {'network': network, 'resolution': format_resolution(size), 'weights': weights, 'config': name,
+        row = {'network': network, 'resolution': format_size(size), 'weights': weights, 'config': name,
                'backend': segmenter.backend, 'precision': segmenter.precision,
                'p50_ms': median, 'p99_ms': float(np.percentile(times[name], 99)), 'iterations': len(times[name]),
                'vs_eager': eager_ms / median, 'agreement_pct': 100 * agreement, 'load_average': load}
@@ -478,7 +478,7 @@ def _segment_rows(args: argparse.Namespace, device: torch.device, network: str, 
                        choice_s=segmenter.choice.seconds, choice=segmenter.choice.summary(),
                        choice_timings_ms=segmenter.choice.timings_ms, choice_agreement=segmenter.choice.agreement)
         rows.append(row)
-        print(f'  segment {network} {format_resolution(size)} {row["config"]}: {median:.1f} ms '
+        print(f'  segment {network} {format_size(size)} {row["config"]}: {median:.1f} ms '
               f'({row["vs_eager"]:.2f}x eager)', file=sys.stderr, flush=True)
     return rows
 
@@ -504,7 +504,7 @@ def bench_messages(args: argparse.Namespace, device: torch.device, folder: Path)
     import rclpy
     from sensor_msgs.msg import Image
 
-    from .synthetic import SyntheticRoadScene
+    from seg_ros.frames.synthetic import SyntheticRoadScene
 
     rows = []
     context = rclpy.Context()
@@ -521,7 +521,7 @@ def bench_messages(args: argparse.Namespace, device: torch.device, folder: Path)
             steps = _message_steps(segmenter, image, publisher)
             for step, call in steps.items():
                 times = _time_calls(call, device, iterations=args.message_iterations)
-                rows.append({'resolution': format_resolution(size), 'step': step, **_summary(times),
+                rows.append({'resolution': format_size(size), 'step': step, **_summary(times),
                              'load_average': _load_average()})
     finally:
         rclpy.try_shutdown(context=context)
@@ -530,7 +530,7 @@ def bench_messages(args: argparse.Namespace, device: torch.device, folder: Path)
 
 def _message_steps(segmenter: Segmenter, image: np.ndarray, publisher: Any) -> dict[str, Callable[[], Any]]:
     """The steps of a frame's way through the node besides DDS, each as a call to time."""
-    from .ros.conversions import array_to_image, image_to_array
+    from seg_ros.ros.conversions import array_to_image, image_to_array
 
     batch = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(segmenter.device)
     msg = array_to_image(image, 'rgb8')
@@ -577,15 +577,6 @@ def _time_calls(call: Callable[[], Any], device: torch.device, iterations: int, 
 
 # -- the node over DDS -------------------------------------------------------------------------------
 
-def _fastdds_profile() -> str | None:
-    from .paths import share_dirs
-
-    for directory in share_dirs():
-        if (directory / 'config' / 'fastdds.xml').is_file():
-            return str(directory / 'config' / 'fastdds.xml')
-    return None
-
-
 @contextlib.contextmanager
 def node_process(checkpoint: Path, network: str, topics: Sequence[str], *, device: str, precision: str,
                  size: tuple[int, int], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
@@ -619,9 +610,9 @@ class _Rig:
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
-        from .outputs import output_prefix
-        from .ros.conversions import array_to_image
-        from .ros.qos import LATCHED
+        from seg_ros.interface import output_prefix
+        from seg_ros.ros.conversions import array_to_image
+        from seg_ros.ros.qos import LATCHED
 
         self.node = node = rclpy.create_node('seg_bench_rig', context=context)
         camera_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -710,12 +701,12 @@ def run_node(args: argparse.Namespace, checkpoint: Path, network: str, size: tup
     import psutil
     import rclpy
 
-    from .synthetic import SyntheticRoadScene
+    from seg_ros.frames.synthetic import SyntheticRoadScene
 
     topics = [f'/seg_bench/cam{index}/image_raw' for index in range(cameras)]
     frames = [[SyntheticRoadScene(width=size[1], height=size[0], seed=index).frame(t)[0]
                for t in (0.0, 0.5, 1.0, 1.5)] for index in range(cameras)]
-    log_path = folder / f'node_{network}_{cameras}x{format_resolution(size)}.log'
+    log_path = folder / f'node_{network}_{cameras}x{format_size(size)}.log'
     context = rclpy.Context()
     rclpy.init(context=context)
     rig = _Rig(context, topics, frames)
@@ -765,7 +756,7 @@ def run_node(args: argparse.Namespace, checkpoint: Path, network: str, size: tup
     published_total = sum(len(s) for s in stamps)
     times = np.asarray(latencies, np.float64) / 1e6
     row: dict[str, Any] = {
-        'network': network, 'resolution': format_resolution(size), 'cameras': cameras, 'rate_hz': rate_hz,
+        'network': network, 'resolution': format_size(size), 'cameras': cameras, 'rate_hz': rate_hz,
         'seconds': seconds, 'published': published_total, 'received': received,
         'dropped': published_total - received, 'node_dropped': node_dropped,
         'output_rate_hz': received / cameras / wall,
@@ -852,7 +843,7 @@ def probe_forward(args: argparse.Namespace, checkpoint: Path, batch: int,
     spec = json.dumps({'checkpoint': str(checkpoint), 'device': args.node_device,
                        'precision': args.node_precision, 'batch': batch, 'rate_hz': rate_hz,
                        'iterations': iterations})
-    command = [sys.executable, '-c', 'import sys; from seg_ros.bench import forward_probe; '
+    command = [sys.executable, '-c', 'import sys; from seg_ros.bench.cli import forward_probe; '
                'forward_probe(sys.argv[1])', spec]
     result = subprocess.run(command, capture_output=True, text=True, env=_node_env(args),
                             timeout=args.node_start_timeout + 3 * iterations * max(period, 1.0))
@@ -885,7 +876,7 @@ def bench_node(args: argparse.Namespace, folder: Path) -> list[dict]:
                 row['e2e_over_forward'] = row['latency_p50_ms'] / row['forward_p50_ms']
                 row['overhead_ms'] = row['latency_p50_ms'] - row['forward_p50_ms']
             rows.append(row)
-            print(f'  node {network} {cameras} x {format_resolution(size)} at {rate:.2f} Hz: '
+            print(f'  node {network} {cameras} x {format_size(size)} at {rate:.2f} Hz: '
                   f'p50 {row.get("latency_p50_ms", float("nan")):.1f} ms', file=sys.stderr, flush=True)
     return rows
 
@@ -916,7 +907,7 @@ def bench_overload(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 def synthetic_training_split(folder: Path, size: tuple[int, int], frames: int) -> SegmentationDataset:
     """``frames`` JPEG frames of the synthetic road scene with their exact labels, as a ``folder`` dataset."""
-    from .synthetic import SyntheticRoadScene
+    from seg_ros.frames.synthetic import SyntheticRoadScene
 
     scene = SyntheticRoadScene(width=size[1], height=size[0])
     for sub in ('images/train', 'labels/train'):
@@ -933,7 +924,7 @@ def synthetic_training_split(folder: Path, size: tuple[int, int], frames: int) -
 
 def bench_training(args: argparse.Namespace, device: torch.device, folder: Path) -> list[dict]:
     """Training images/s, data loading included: the streamed fp32 trainer against today's, per network."""
-    from .training.speed import compare_trainers
+    from seg_ros.training.speed import compare_trainers
 
     needed = args.train_batch * (args.train_iterations + 1)
     if args.train_data:
@@ -958,7 +949,7 @@ def bench_ground(args: argparse.Namespace) -> list[dict]:
     for size in args.ground_resolutions:
         for step, (call, iterations) in _ground_steps(size, args.ground_iterations).items():
             times = _time_calls(call, torch.device('cpu'), iterations=iterations)
-            rows.append({'resolution': format_resolution(size), 'step': step, 'cells': GROUND_GRID.cells,
+            rows.append({'resolution': format_size(size), 'step': step, 'cells': GROUND_GRID.cells,
                          **_summary(times), 'load_average': _load_average()})
     return rows
 
@@ -967,8 +958,8 @@ def _ground_steps(size: tuple[int, int], iterations: int) -> dict[str, tuple[Cal
     """The ground steps at a camera ``size`` on the synthetic scene's mask, each as (call, timed calls)."""
     from std_msgs.msg import Header
 
-    from .ros.ground_output import grid_message, scan_message
-    from .synthetic import CAMERA_HEIGHT, SyntheticRoadScene
+    from seg_ros.frames.synthetic import CAMERA_HEIGHT, SyntheticRoadScene
+    from seg_ros.ros.ground_output import grid_message, scan_message
 
     grid = GROUND_GRID
     roles = class_role_table(CAMVID11, load_class_roles(default_class_roles_file(), CAMVID11))
@@ -1031,7 +1022,7 @@ def evaluate_targets(results: dict[str, Any], device: torch.device) -> list[dict
         if candidates:
             best = max(candidates, key=lambda r: r['fps'])
             targets.append(_target(f'{figure.network} fp16 >= 20x {figure.source} ({figure.hardware}, '
-                                   f'{format_resolution(figure.size)}: {figure.fps:.1f} fps)',
+                                   f'{format_size(figure.size)}: {figure.fps:.1f} fps)',
                                    best['fps'], 20 * figure.fps, higher_is_better=True, unit='fps'))
     for row in results.get('node', []):
         if row['resolution'] == '1280x720' and row['cameras'] == 1 and 'overhead_ms' in row:
@@ -1055,7 +1046,7 @@ def _target(name: str, measured: float, required: float, *, higher_is_better: bo
 
 def _resolutions(text: str) -> tuple[int, int]:
     try:
-        return parse_resolution(text)
+        return parse_size(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -1084,7 +1075,7 @@ def _parser() -> argparse.ArgumentParser:
     forward.add_argument('--resolutions', nargs='+', type=_resolutions, default=None, metavar='WxH',
                          help='default: 640x360 on a CPU; 480x320 640x360 1024x512 1280x720 1920x1080 '
                               '2048x1024 on CUDA')
-    forward.add_argument('--precisions', nargs='+', choices=('fp32', 'fp16', 'bf16'), default=None)
+    forward.add_argument('--precisions', nargs='+', choices=PRECISIONS, default=None)
     forward.add_argument('--modes', nargs='+', choices=list(MODES), default=None)
     forward.add_argument('--num-classes', type=int, default=19,
                          help='output classes (default: 19, as Cityscapes)')
@@ -1115,7 +1106,7 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument('--node-seconds', type=float, default=None, help='measured seconds per run')
     node.add_argument('--node-settle', type=float, default=2.0, help='seconds published before measuring')
     node.add_argument('--node-start-timeout', type=float, default=180.0)
-    node.add_argument('--node-precision', default='auto', choices=PRECISIONS)
+    node.add_argument('--node-precision', default='auto', choices=PRECISION_CHOICES)
     node.add_argument('--node-forward-iterations', type=int, default=None)
     node.add_argument('--message-iterations', type=int, default=None)
     node.add_argument('--overload-seconds', type=float, default=None)
@@ -1193,9 +1184,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             results['segment_speedup'] = segment_speedups(results['segment'])
         if {'messages', 'node', 'overload'} & set(args.sections):
             # Both this process and the node use the project's Fast DDS profile unless told otherwise.
-            profile = _fastdds_profile()
-            if profile:
-                os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', profile)
+            with contextlib.suppress(FileNotFoundError):
+                os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(fastdds_profile()))
         if 'messages' in args.sections:
             results['messages'] = bench_messages(args, device, folder)
         if 'node' in args.sections:

@@ -1,6 +1,6 @@
 """The SegFast authors' PyTorch network, re-written here only to time this package's SegFast against it.
 
-``python -m seg_ros.segfast_reference [--sizes 480x360,224x224] [--threads 1] [--rounds 30]``
+``python -m seg_ros.bench.segfast_reference [--sizes 480x360,224x224] [--threads 1] [--rounds 30]``
 
 The authors' code (DVLP-CMATERJU/SegFast, ``models/segfast.py`` and ``models/segfast_basic.py``) has
 another layer table than the paper's Table 5, which ``seg_ros.models.segfast`` follows (see its
@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bench import count_flops, machine_info, markdown_table
-from .export import format_resolution, parse_resolution
-from .fastpath import latencies_ms
-from .labels import CAMVID11
-from .models import build_model, count_parameters
-from .models.segfast import SegFast
+from seg_ros.bench.cli import count_flops, machine_info, markdown_table
+from seg_ros.inference.preparation import latencies_ms
+from seg_ros.labels import CAMVID11
+from seg_ros.models import build_model, count_parameters
+from seg_ros.models.segfast import SegFast
+from seg_ros.vocabulary import format_size, parse_size
 
 __all__ = ['AuthorsSegFast', 'AuthorsStyleSegFast', 'main', 'time_side_by_side']
 
@@ -181,14 +181,15 @@ def time_side_by_side(networks: dict[str, nn.Module], size: tuple[int, int], rou
         for _ in range(rounds):
             for name, network in networks.items():
                 times[name].extend(latencies_ms(network, [x], iterations=1, warmup=0))
-    return [{'network': name, 'size': format_resolution(size), 'parameters': count_parameters(network),
+    return [{'network': name, 'size': format_size(size), 'parameters': count_parameters(network),
              'gflops': round(count_flops(network, size) / 1e9, 2),
              'median_ms': round(float(np.median(times[name])), 1), 'fastest_ms': round(min(times[name]), 1)}
             for name, network in networks.items()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m seg_ros.segfast_reference', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='python -m seg_ros.bench.segfast_reference',
+                                     description=__doc__.split('\n')[0])
     parser.add_argument('--sizes', default='480x360,224x224',
                         help='WIDTHxHEIGHT sizes, comma-separated (default: %(default)s)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default: %(default)s)')
@@ -202,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         networks = {ours: build_model(ours, num_classes=classes).eval(),
                     f'{ours} table, authors\' layers': AuthorsStyleSegFast(classes, separable=separable).eval(),
                     f'authors\' {ours} (their table)': AuthorsSegFast(classes, separable=separable).eval()}
-        for size in (parse_resolution(text) for text in args.sizes.split(',')):
+        for size in (parse_size(text) for text in args.sizes.split(',')):
             rows += time_side_by_side(networks, size, args.rounds)
     info = machine_info(torch.device('cpu'))
     print(f'fp32 eager, batch 1, {args.rounds} rounds; {info["cpu"]}, {info["torch_threads"]} torch thread(s), '

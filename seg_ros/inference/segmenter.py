@@ -19,7 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backends import (
+from seg_ros.checkpoint import Checkpoint, load_checkpoint
+from seg_ros.frames.codecs import DIRECT_LAYOUTS
+from seg_ros.frames.synthetic import SyntheticRoadScene
+from seg_ros.inference.backends import (
     DEFAULT_BUDGET_S,
     Candidate,
     Choice,
@@ -32,32 +35,21 @@ from .backends import (
     make_forward,
     weights_digest,
 )
-from .checkpoint import Checkpoint, load_checkpoint
-from .export import export_onnx
-from .fastpath import Forward, prepare_model
-from .labels import IGNORE_INDEX, LabelSet
-from .synthetic import SyntheticRoadScene
+from seg_ros.inference.onnx import export_onnx
+from seg_ros.inference.preparation import Forward, prepare_model
+from seg_ros.labels import IGNORE_INDEX, LabelSet
+from seg_ros.vocabulary import PRECISION_CHOICES
 
-__all__ = ['DEFAULT_OUTPUTS', 'ENCODINGS', 'OPTIONAL_OUTPUTS', 'PRECISIONS', 'SegmentationError',
+__all__ = ['DEFAULT_OUTPUTS', 'OPTIONAL_OUTPUTS', 'SegmentationError',
            'SegmentationResult', 'Segmenter', 'resolve_device']
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ('auto', 'fp32', 'fp16', 'bf16')
 SAMPLE_FRAMES = 3  # bundled sample frames the automatic choice runs on (in turn, see backends.TIMED_CALLS)
 # Outputs a caller may ask for, and those it gets when it does not say (entropy costs a full soft-max).
 OPTIONAL_OUTPUTS = frozenset({'confidence', 'color_mask', 'overlay', 'entropy'})
 DEFAULT_OUTPUTS = frozenset({'confidence', 'color_mask', 'overlay'})
 
-# Layouts the core takes directly (the conversions module turns every other one into rgb8):
-# encoding -> (channels in the array, channel order that gives RGB).
-ENCODINGS: dict[str, tuple[int, tuple[int, ...]]] = {
-    'rgb8': (3, (0, 1, 2)),
-    'bgr8': (3, (2, 1, 0)),
-    'rgba8': (4, (0, 1, 2)),
-    'bgra8': (4, (2, 1, 0)),
-    'mono8': (1, (0, 0, 0)),
-}
 
 
 class SegmentationError(RuntimeError):
@@ -117,10 +109,10 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | 
 
     On a CPU, fp16 is slower than fp32 (no native half arithmetic), and bf16 helps only where the
     CPU has native bf16 instructions; elsewhere the request is mapped to fp32 with one warning.
-    ``auto`` stays ``auto``: the candidates it allows are measured (``seg_ros.backends``).
+    ``auto`` stays ``auto``: the candidates it allows are measured (``seg_ros.inference.backends``).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision {precision!r} is not one of {", ".join(PRECISIONS)}')
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f'precision {precision!r} is not one of {", ".join(PRECISION_CHOICES)}')
     if precision == 'auto' or device.type == 'cuda' or precision == 'fp32':
         if precision == 'bf16' and not torch.cuda.is_bf16_supported():
             return 'fp16', f'bf16 is not supported by {torch.cuda.get_device_name(device)}; using fp16'
@@ -150,7 +142,7 @@ class Segmenter:
         backend: ``auto``, ``torch``, ``onnxruntime`` (CPU, fp32) or ``openvino`` (CPU, fp32 or
             bf16). Where ``backend`` and ``precision`` allow more than one candidate, each runs on
             ``sample_frames`` at ``input_size`` and the fastest whose masks agree with fp32 PyTorch
-            is kept (``seg_ros.backends``); ``choice`` says what was measured.
+            is kept (``seg_ros.inference.backends``); ``choice`` says what was measured.
         compile: ``torch.compile`` the network for the input shapes it sees (PyTorch backend).
         cuda_graphs: replay a captured CUDA graph per input shape; default on for CUDA. With
             ``compile`` or CUDA graphs, shapes beyond the first few (the number of cameras in a
@@ -215,7 +207,7 @@ class Segmenter:
 
     def _choose(self, options: list[Candidate], channels_last: bool, sample_frames: Sequence[np.ndarray] | None,
                 cache: ChoiceCache | bool, budget_s: float, key: dict) -> Choice:
-        """The backend and precision to run (``seg_ros.backends.choose_forward``)."""
+        """The backend and precision to run (``seg_ros.inference.backends.choose_forward``)."""
         graph: list[bytes] = []
 
         def onnx() -> bytes:  # one export for ONNX Runtime and OpenVINO, traced small (any size runs)
@@ -301,10 +293,10 @@ class Segmenter:
 
     def _upload(self, image: np.ndarray, encoding: str) -> torch.Tensor:
         """(1, 3, H, W) uint8 RGB on the device, from one copy of the array."""
-        if encoding not in ENCODINGS:
+        if encoding not in DIRECT_LAYOUTS:
             raise ValueError(f'encoding {encoding!r} is not one the segmenter takes directly '
-                             f'({", ".join(ENCODINGS)}); convert it with seg_ros.ros.conversions')
-        channels, to_rgb = ENCODINGS[encoding]
+                             f'({", ".join(DIRECT_LAYOUTS)}); convert it with seg_ros.ros.conversions')
+        channels, to_rgb = DIRECT_LAYOUTS[encoding]
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
             raise ValueError(f'image must be a uint8 numpy array, got {type(image).__name__} '
                              f'{getattr(image, "dtype", "")}')

@@ -40,17 +40,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .fastpath import DTYPES, Forward, StaticShapeForward, prepare_model
+from seg_ros import __version__
+from seg_ros.inference.preparation import DTYPES, Forward, StaticShapeForward, prepare_model
+from seg_ros.vocabulary import PRECISION_CHOICES
 
-__all__ = ['AUTO_MARGIN', 'BACKENDS', 'MIN_AGREEMENT', 'PRECISION_CHOICES', 'REFERENCE', 'Candidate', 'Choice',
+__all__ = ['AUTO_MARGIN', 'BACKENDS', 'MIN_AGREEMENT', 'REFERENCE', 'Candidate', 'Choice',
            'ChoiceCache', 'candidates', 'choose_forward', 'cpu_name', 'cpu_supports_bf16', 'default_cache_dir',
            'library_versions', 'make_forward', 'weights_digest']
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ('auto', 'torch', 'onnxruntime', 'openvino')
-PRECISION_CHOICES = ('auto', 'fp32', 'fp16', 'bf16')
 # The precisions each backend serves, and where.
 SERVES = {'torch': ('fp32', 'fp16', 'bf16'), 'onnxruntime': ('fp32',), 'openvino': ('fp32', 'bf16')}
 CPU_ONLY = ('onnxruntime', 'openvino')
@@ -159,7 +159,7 @@ def make_forward(candidate: Candidate, model: nn.Module, *, channels_last: bool 
     if candidate.backend != 'torch':
         if device.type != 'cpu':
             raise ValueError(f'the {candidate.backend} backend runs on a CPU, not {device}')
-        from .export import OnnxRuntimeForward, OpenVinoForward, export_onnx  # optional dependencies
+        from seg_ros.inference.onnx import OnnxRuntimeForward, OpenVinoForward, export_onnx  # optional dependencies
 
         graph = onnx() if onnx else export_onnx(model)
         if candidate.backend == 'onnxruntime':

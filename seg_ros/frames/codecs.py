@@ -23,6 +23,7 @@ import numpy as np
 
 __all__ = [
     'DIRECT_ENCODINGS',
+    'DIRECT_LAYOUTS',
     'MAX_PIXELS',
     'SUPPORTED_ENCODINGS',
     'CompressedImageLike',
@@ -30,6 +31,7 @@ __all__ = [
     'ImageLike',
     'array_to_image_fields',
     'compressed_to_array',
+    'direct_to_rgb',
     'encode_compressed',
     'image_to_array',
 ]
@@ -105,7 +107,17 @@ _LAYOUTS: dict[str, _Layout] = {
     'nv21': _Layout(1, 1, cv2.COLOR_YUV2RGB_NV21, planar_420=True),
 }
 
-DIRECT_ENCODINGS = frozenset({'rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8'})
+DIRECT_LAYOUTS: dict[str, tuple[int, tuple[int, ...]]] = {
+    'rgb8': (3, (0, 1, 2)),
+    'bgr8': (3, (2, 1, 0)),
+    'rgba8': (4, (0, 1, 2)),
+    'bgra8': (4, (2, 1, 0)),
+    'mono8': (1, (0, 0, 0)),
+}
+"""Encodings that ``image_to_array`` returns unchanged and the inference core takes directly:
+encoding -> (channels in the array, the channel order that gives RGB)."""
+
+DIRECT_ENCODINGS = frozenset(DIRECT_LAYOUTS)
 """Encodings that ``image_to_array`` returns unchanged, as views of the message data."""
 
 SUPPORTED_ENCODINGS = frozenset(_LAYOUTS)
@@ -191,6 +203,15 @@ def image_to_array(msg: ImageLike, *, max_pixels: int = MAX_PIXELS) -> tuple[np.
     if layout.to_rgb is None:
         return samples, 'rgb8'
     return cv2.cvtColor(samples, layout.to_rgb), 'rgb8'
+
+
+def direct_to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    """H x W x 3 RGB from an array in one of ``DIRECT_LAYOUTS`` (what ``image_to_array`` returns)."""
+    _, to_rgb = DIRECT_LAYOUTS[encoding]
+    if to_rgb == (0, 1, 2) and pixels.ndim == 3 and pixels.shape[2] == 3:
+        return np.ascontiguousarray(pixels)
+    channels = pixels if pixels.ndim == 3 else pixels[..., None]
+    return np.ascontiguousarray(channels[..., list(to_rgb)])
 
 
 def array_to_image_fields(array_: np.ndarray, encoding: str = 'rgb8') -> dict[str, Any]:

@@ -1,11 +1,11 @@
-"""``seg-export``: networks to ONNX with dynamic batch, height and width, checked against PyTorch.
+"""Networks as ONNX graphs with dynamic batch, height and width, and the two backends that run them.
 
 The exported graph is the inference form of the network (batch-norm folded, see
-``seg_ros.fastpath``), input ``image`` (N, 3, H, W) float32 normalised RGB, output ``logits``
+``seg_ros.inference.preparation``), input ``image`` (N, 3, H, W) float32 normalised RGB, output ``logits``
 (N, C, H, W). Any H and W work: the padding to the network's size divisor and the crop back are
 computed from the input shape inside the graph (``SegmentationNet.forward``), and ENet's
-max-unpooling is a scatter (``ScatterElements``), not ``MaxUnpool``. Every export is run with ONNX
-Runtime at several sizes, one of them odd (203x101 by default), and compared with PyTorch.
+max-unpooling is a scatter (``ScatterElements``), not ``MaxUnpool``. ``verify_onnx`` runs an export
+with ONNX Runtime at several sizes and compares it with PyTorch (``seg-export`` does, for every file).
 
 The graph is written by the TorchScript-based exporter (``dynamo=False``): the torch.export-based
 one needs ``onnxscript``, which the project does not depend on.
@@ -16,33 +16,25 @@ of the ``Segmenter`` (CPU deployments); both run the same exported graph.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
-import json
 import logging
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from .fastpath import MAX_CHANGED_SHARE, prepare_model
-from .labels import CAMVID11
-from .models import build_model, list_models
+from seg_ros.inference.preparation import MAX_CHANGED_SHARE
 
-__all__ = ['ExportCheck', 'OnnxRuntimeForward', 'OpenVinoForward', 'export_onnx', 'format_resolution', 'main',
-           'parse_resolution', 'verify_onnx']
+__all__ = ['DEFAULT_OPSET', 'DEFAULT_TOLERANCE', 'ExportCheck', 'OnnxRuntimeForward', 'OpenVinoForward',
+           'export_onnx', 'verify_onnx']
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = 'image', 'logits'
-DEFAULT_CHECK_SIZES = ((360, 480), (101, 203))  # (height, width): one even, one odd
 # Relative to the largest logit: float32 reorderings of the same sums stay far below it.
 DEFAULT_TOLERANCE = 1e-4
 
@@ -70,22 +62,6 @@ def _openvino_core(ov):
     """One OpenVINO runtime per process, as its documentation advises: each ``Core`` loads the CPU
     plugin and its thread pools again."""
     return ov.Core()
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """``WIDTHxHEIGHT`` as cameras and the papers write it (``640x360``), as (height, width)."""
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise ValueError(f'resolution {text!r} is not WIDTHxHEIGHT, for example 640x360') from None
-    if height < 1 or width < 1:
-        raise ValueError(f'resolution {text!r} must be positive')
-    return height, width
-
-
-def format_resolution(size: Sequence[int]) -> str:
-    """(height, width) as ``WIDTHxHEIGHT``."""
-    return f'{size[1]}x{size[0]}'
 
 
 def export_onnx(model: nn.Module, *, example_size: tuple[int, int] = (64, 96),
@@ -242,92 +218,3 @@ def verify_onnx(onnx_model: bytes, model: nn.Module, sizes: Sequence[tuple[int, 
             argmax_agreement=float((got.argmax(1) == expected.argmax(1)).float().mean()),
         ))
     return checks
-
-
-def _sources(args: argparse.Namespace) -> list[tuple[str, Checkpoint]]:
-    """(output stem, checkpoint) for each network to export."""
-    if args.checkpoint:
-        return [(Path(path).stem, load_checkpoint(path)) for path in args.checkpoint]
-    names = list_models() if args.all else args.model
-    torch.manual_seed(args.seed)
-    return [(name, Checkpoint.from_model(build_model(name, num_classes=CAMVID11.num_classes), name, CAMVID11,
-                                         input_size=args.size or DEFAULT_CHECK_SIZES[0]))
-            for name in names]
-
-
-def _metadata(checkpoint: Checkpoint, weights: str) -> dict[str, str]:
-    return {
-        'model': checkpoint.model_name,
-        'weights': weights,
-        'labels': json.dumps({'name': checkpoint.labels.name, 'names': list(checkpoint.labels.names),
-                              'colors': [list(c) for c in checkpoint.labels.colors]}),
-        'input_size': json.dumps(list(checkpoint.input_size)),
-        'mean': json.dumps(list(checkpoint.mean)),
-        'std': json.dumps(list(checkpoint.std)),
-    }
-
-
-def _resolution_arg(text: str) -> tuple[int, int]:
-    try:
-        return parse_resolution(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='seg-export', description=__doc__.split('\n\n')[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--checkpoint', nargs='+', metavar='PATH', help='checkpoint(s) to export')
-    source.add_argument('--model', nargs='+', choices=list_models(), metavar='NAME',
-                        help='network(s) with random weights, to check exportability: '
-                             f'{", ".join(list_models())}')
-    source.add_argument('--all', action='store_true', help='every registered network, random weights')
-    parser.add_argument('--output', type=Path, default=Path('.'), help='folder for <name>.onnx (default: .)')
-    parser.add_argument('--size', type=_resolution_arg, default=None, metavar='WxH',
-                        help="resolution to trace at (default: the checkpoint's input size)")
-    parser.add_argument('--check-sizes', type=_resolution_arg, nargs='+', default=list(DEFAULT_CHECK_SIZES),
-                        metavar='WxH', help='resolutions at which ONNX Runtime is compared with PyTorch '
-                        f'(default: {" ".join(format_resolution(s) for s in DEFAULT_CHECK_SIZES)})')
-    parser.add_argument('--tolerance', type=float, default=DEFAULT_TOLERANCE,
-                        help='largest accepted |ONNX - PyTorch| relative to the largest logit '
-                        f'(default: {DEFAULT_TOLERANCE:g})')
-    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'(default: {DEFAULT_OPSET})')
-    parser.add_argument('--no-fold-bn', action='store_true', help='keep batch-norm layers')
-    parser.add_argument('--seed', type=int, default=0, help='random weights and inputs (default: 0)')
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Export, verify and report; 1 if any export differs from PyTorch beyond the tolerance."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
-    try:
-        sources = _sources(args)
-    except (CheckpointError, FileNotFoundError) as error:
-        print(f'seg-export: {error}', file=sys.stderr)
-        return 2
-    args.output.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    print('| network | file | size | max abs error | max abs logit | logits beyond tolerance | '
-          'argmax agreement | result |')
-    print('|' + ' --- |' * 8)
-    for stem, checkpoint in sources:
-        size = args.size or checkpoint.input_size
-        model = prepare_model(checkpoint.build_model(), fold_bn=not args.no_fold_bn, example_size=size)
-        onnx_model = export_onnx(model, example_size=size, opset=args.opset,
-                                 metadata=_metadata(checkpoint, stem))
-        path = args.output / f'{stem}.onnx'
-        path.write_bytes(onnx_model)
-        for check in verify_onnx(onnx_model, model, args.check_sizes, seed=args.seed, tolerance=args.tolerance):
-            failures += not check.passed()
-            print(f'| {checkpoint.model_name} | {path} | {format_resolution(check.size)} | '
-                  f'{check.max_abs_error:.2e} | {check.max_abs_logit:.3g} | {check.changed_share:.3%} | '
-                  f'{check.argmax_agreement:.3%} | {"ok" if check.passed() else "MISMATCH"} |')
-    if failures:
-        print(f'seg-export: {failures} check(s) with more than {MAX_CHANGED_SHARE:.1%} of the logits beyond '
-              f'the tolerance {args.tolerance:g}', file=sys.stderr)
-    return 1 if failures else 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

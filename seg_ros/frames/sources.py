@@ -3,7 +3,7 @@ rosbag2 recordings and V4L2 cameras.
 
 ``open_source(spec)`` picks a source from one string, the ``source`` parameter of ``sample_camera``:
 
-- ``synthetic``: the moving synthetic road scene of ``seg_ros.synthetic``;
+- ``synthetic``: the moving synthetic road scene of ``seg_ros.frames.synthetic``;
 - ``v4l2:/dev/video0``: a V4L2 camera, through OpenCV;
 - a rosbag2 (a folder with ``metadata.yaml``, or one ``.db3`` / ``.mcap`` file): the
   ``sensor_msgs/Image`` or ``CompressedImage`` messages of one topic, read with ``rosbags``;
@@ -15,8 +15,8 @@ uint8 RGB frames. ``play`` turns one into the stream a camera publishes: resized
 for a finite source, started again at its end when looping. Problems (a missing path, a file
 OpenCV cannot decode, a bag without image topics) raise ``SourceError`` naming the source.
 
-Bags are read with ``rosbags``; only decoding their images needs the ROS message packages (through
-``seg_ros.ros.conversions``), so the other sources work where ROS is not installed.
+Bags are read with ``rosbags`` and their images decoded by ``seg_ros.frames.codecs``: no source
+needs ROS installed.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 from rosbags.rosbag2 import Reader
-from rosbags.typesys import Stores, get_typestore
 
-from .synthetic import SyntheticRoadScene
+from seg_ros.frames.bagfiles import TYPESTORE, is_bag
+from seg_ros.frames.codecs import compressed_to_array, direct_to_rgb, image_to_array
+from seg_ros.frames.synthetic import SyntheticRoadScene
+from seg_ros.vocabulary import IMAGE_SUFFIXES
 
 __all__ = [
     'BAG_IMAGE_TYPES',
-    'IMAGE_SUFFIXES',
     'BagSource',
     'FrameSource',
     'ImageFolderSource',
@@ -48,25 +49,10 @@ __all__ = [
     'play',
 ]
 
-IMAGE_SUFFIXES = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.pgm', '.webp'})
-"""File suffixes (lower case) that an image folder source reads."""
-
 BAG_IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 """Message types a bag source replays."""
 
-_BAG_SUFFIXES = ('.db3', '.mcap')
-# Image and CompressedImage are the same in every ROS 2 distribution.
-_TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 _V4L2_PREFIX = 'v4l2:'
-
-# The encodings image_to_array returns as they are, and the OpenCV conversion of each to RGB.
-_DIRECT_TO_RGB = {
-    'rgb8': None,
-    'bgr8': cv2.COLOR_BGR2RGB,
-    'rgba8': cv2.COLOR_RGBA2RGB,
-    'bgra8': cv2.COLOR_BGRA2RGB,
-    'mono8': cv2.COLOR_GRAY2RGB,
-}
 
 
 class SourceError(ValueError):
@@ -193,7 +179,7 @@ class BagSource(FrameSource):
             connections = [c for c in reader.connections if c.topic == self.topic]
             for index, (connection, _, raw) in enumerate(reader.messages(connections=connections)):
                 try:
-                    msg = _TYPESTORE.deserialize_cdr(raw, connection.msgtype)
+                    msg = TYPESTORE.deserialize_cdr(raw, connection.msgtype)
                     frame = _message_to_rgb(msg, compressed=connection.msgtype == BAG_IMAGE_TYPES[1])
                 except (ValueError, KeyError) as error:  # ConversionError is a ValueError
                     raise SourceError(f'rosbag2 {self.path}: message {index} of {self.topic}: {error}') \
@@ -239,17 +225,9 @@ class V4L2Source(FrameSource):
 
 def _message_to_rgb(msg: object, *, compressed: bool) -> np.ndarray:
     """RGB pixels of a deserialised ``Image``, or ``CompressedImage`` when ``compressed``."""
-    from .ros.conversions import compressed_to_array, image_to_array  # see the module docstring
-
     if compressed:
         return compressed_to_array(msg)[0]
-    pixels, encoding = image_to_array(msg)
-    code = _DIRECT_TO_RGB.get(encoding)
-    return np.ascontiguousarray(pixels) if code is None else cv2.cvtColor(pixels, code)
-
-
-def _is_bag(path: Path) -> bool:
-    return (path / 'metadata.yaml').is_file() if path.is_dir() else path.suffix in _BAG_SUFFIXES
+    return direct_to_rgb(*image_to_array(msg))
 
 
 def open_source(spec: str, *, width: int = 640, height: int = 360, rate: float = 15.0,
@@ -267,7 +245,7 @@ def open_source(spec: str, *, width: int = 640, height: int = 360, rate: float =
     if not spec or not path.exists():
         raise SourceError(f'source {spec!r}: no such file or folder (expected synthetic, v4l2:/dev/videoN, '
                           'a video file, an image folder or a rosbag2)')
-    if _is_bag(path):
+    if is_bag(path):
         return BagSource(path, bag_topic)
     if path.is_dir():
         return ImageFolderSource(path)

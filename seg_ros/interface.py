@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .inference import SegmentationResult
+from seg_ros.inference.segmenter import SegmentationResult
 
 __all__ = ['OUTPUT_NAMESPACE', 'STATS_COLUMNS', 'camera_info_topic', 'output_prefix', 'stats_dimensions',
            'stats_table']
