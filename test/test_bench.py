@@ -9,7 +9,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from seg_ros.bench.cli import MODES, PAPER_FIGURES, evaluate_targets, main
+from seg_ros.bench.cli import main
+from seg_ros.bench.forward import MODES
+from seg_ros.bench.papers import PAPER_FIGURES
+from seg_ros.bench.targets import evaluate_targets
 from seg_ros.inference.backends import candidates
 from seg_ros.inference.segmenter import resolve_precision
 from seg_ros.models import build_model, count_parameters

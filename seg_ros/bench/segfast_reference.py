@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_ros.bench.cli import count_flops, machine_info, markdown_table
+from seg_ros.bench.forward import count_flops
 from seg_ros.inference.preparation import latencies_ms
 from seg_ros.labels import CAMVID11
 from seg_ros.models import build_model, count_parameters
 from seg_ros.models.segfast import SegFast
+from seg_ros.reporting import machine_info, markdown_table
 from seg_ros.vocabulary import format_size, parse_size
 
 __all__ = ['AuthorsSegFast', 'AuthorsStyleSegFast', 'main', 'time_side_by_side']
