@@ -25,6 +25,7 @@ CONSOLE_SCRIPTS = {
     'seg-train': 'seg_ros.training.cli:train_main',
     'seg-eval': 'seg_ros.training.cli:eval_main',
     'seg-study': 'seg_ros.training.studies:main',
+    'seg-card': 'seg_ros.training.cli:card_main',
     'seg-bag': 'seg_ros.bag.cli:main',
     'seg-bench': 'seg_ros.bench.cli:main',
     'seg-export': 'seg_ros.inference.cli:main',

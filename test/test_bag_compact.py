@@ -1,5 +1,5 @@
 """seg-bag's outputs on CamVid frames recorded with ``seg-bag make``: a compact output bag (bit-exact
-PNG masks, at most 0.3 MB per frame per model at 360x480) that ``ros2 bag`` reads from Humble on
+PNG masks, at most 0.3 MB per frame per model at 480x360) that ``ros2 bag`` reads from Humble on
 (metadata version 5, QoS profiles), checked with the official MCAP reader; a browser-playable
 H.264 video; ground truth used or loudly refused; an atomic ``seg-bag make``; a window outside the
 bag refused."""

@@ -44,9 +44,9 @@ def _check_live_lines(stdout: str) -> None:
 
 @pytest.mark.slow
 def test_demo_runs_for_the_given_seconds_and_saves_the_overlay(tmp_path, untrained_enet):
-    out = tmp_path / 'overlay.png'
     result = subprocess.run([*DEMO, '--seconds', '8', '--weights', str(untrained_enet), '--device', 'cpu',
-                             '--out', str(out)], capture_output=True, text=True, timeout=240)
+                             '--out', str(tmp_path)], capture_output=True, text=True, timeout=240)
+    out = tmp_path / 'demo_overlay.png'
     assert result.returncode == 0, result.stdout + result.stderr
     _check_live_lines(result.stdout)
     assert f'the last one is saved as {out}' in result.stdout
@@ -57,9 +57,9 @@ def test_demo_runs_for_the_given_seconds_and_saves_the_overlay(tmp_path, untrain
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigint_stops_both_nodes_and_still_saves_the_overlay(tmp_path, untrained_enet):
-    out = tmp_path / 'overlay.png'
+    out = tmp_path / 'demo_overlay.png'
     demo = subprocess.Popen([*DEMO, '--seconds', '120', '--weights', str(untrained_enet), '--device', 'cpu',
-                             '--width', '320', '--height', '192', '--out', str(out)],
+                             '--size', '320x192', '--out', str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         nodes = []

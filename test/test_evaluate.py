@@ -13,10 +13,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from seg_ros.data import EvalTransform, build_dataset
+from seg_ros.inference import Segmenter
+from seg_ros.inference.segmenter import view_scores
 from seg_ros.labels import CITYSCAPES19, IGNORE_INDEX, LabelSet
 from seg_ros.metrics import ConfusionMatrix
 from seg_ros.training.cli import eval_main
-from seg_ros.training.evaluate import evaluate, format_report, predict_scores, summarize
+from seg_ros.training.evaluate import evaluate, format_report, summarize
 from test.support import CHANNEL_LABELS, ChannelArgmaxNet, channel_checkpoint, expected_channel_mask
 
 SIZE = (24, 32)
@@ -84,7 +86,7 @@ def test_scores_are_at_label_resolution_whatever_the_network_sees(tmp_path):
     model = ChannelArgmaxNet().eval()
     images = torch.stack([torch.from_numpy(img).permute(2, 0, 1).float() / 255 for img, _ in pairs])
     with torch.no_grad():
-        scores = predict_scores(model, images, SIZE, input_size=(12, 16), scales=(1.0, 1.5), flip=True)
+        scores = view_scores(model, images, SIZE, input_size=(12, 16), scales=(1.0, 1.5), flip=True)
     assert scores.shape == (len(pairs), 3, *SIZE)
     # four views (two scales, each also flipped): the sum of four soft-maxes
     assert torch.allclose(scores.sum(1), torch.full((len(pairs), *SIZE), 4.0))
@@ -151,10 +153,42 @@ def test_seg_eval_refuses_a_dataset_with_other_classes(tmp_path, capsys):
 @pytest.mark.parametrize(('argv', 'message'), [
     (['missing.pt', '--dataset', 'folder', '--data-root', '.'], 'no such file'),
     (['{ckpt}', '--dataset', 'nope', '--data-root', '.'], "unknown dataset 'nope'"),
-    (['{ckpt}', '--dataset', 'folder', '--data-root', '.', '--input-size', '12'], '--input-size takes'),
+    (['{ckpt}', '--dataset', 'folder', '--data-root', '.', '--scales', '0'], 'scales must be positive'),
 ])
 def test_seg_eval_bad_input_is_a_clear_error(tmp_path, capsys, argv, message):
     checkpoint = channel_checkpoint(tmp_path / 'channel.pt')
     argv = [a.replace('{ckpt}', str(checkpoint)) for a in argv]
     assert eval_main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_seg_eval_input_size_is_width_by_height_or_native(tmp_path, capsys):
+    checkpoint = channel_checkpoint(tmp_path / 'channel.pt')
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main([str(checkpoint), '--dataset', 'folder', '--data-root', '.', '--input-size', '12'])
+    assert exit_info.value.code == 2 and "size '12' is not WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('options', [[], ['--input-size', '16x12', '--flip', '--scales', '1.0', '1.5'],
+                                     ['--input-size', 'native']], ids=['plain', 'tta', 'native'])
+def test_seg_eval_scores_what_the_node_publishes(tmp_path, options):
+    """seg-eval goes through the Segmenter the node runs: with one view its confusion matrix is that of
+    the masks ``Segmenter.segment`` returns for the same frames, with test-time augmentation and at
+    other input sizes the predictions stay those of the network (its output follows each pixel)."""
+    pairs = write_rgb_dataset(tmp_path / 'data')
+    checkpoint = channel_checkpoint(tmp_path / 'channel.pt', input_size=SIZE)
+    report_path = tmp_path / 'report.json'
+    assert eval_main([str(checkpoint), '--dataset', 'folder', '--data-root', str(tmp_path / 'data'),
+                      '--json', str(report_path), '--num-workers', '0', *options]) == 0
+    report = json.loads(report_path.read_text())
+    assert report['backend'] == 'torch' and report['precision'] == 'fp32'
+    assert report['input_size'] == ('native' if 'native' in options else [12, 16] if options else list(SIZE))
+    segmenter = Segmenter(checkpoint, device='cpu', precision='fp32', backend='torch', choice_cache=False)
+    published = ConfusionMatrix(3)
+    for image, label in pairs:
+        published.update(torch.from_numpy(segmenter.segment(image).mask).long(), torch.from_numpy(label).long())
+    if options:
+        agreement = np.diag(np.array(report['confusion_matrix'])).sum() / np.diag(published.matrix).sum()
+        assert agreement > 0.97
+    else:
+        assert report['confusion_matrix'] == published.matrix.tolist()

@@ -34,7 +34,7 @@ def trained_like(name: str) -> torch.nn.Module:
 def test_every_network_exports_and_matches_pytorch_at_any_size(name):
     model = prepare_model(trained_like(name), example_size=(32, 48))
     onnx_model = export_onnx(model, example_size=(32, 48))
-    # Traced at 32x48; checked at odd sizes (the padding and cropping are computed in the graph)
+    # Traced at 48x32; checked at odd sizes (the padding and cropping are computed in the graph)
     # and another batch size.
     checks = verify_onnx(onnx_model, model, [(101, 203)])
     checks += verify_onnx(onnx_model, model, [(37, 53)], batch=2)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from seg_ros.models import build_model, count_parameters
+from seg_ros.training.cli import card_main as main
 from seg_ros.training.cli import eval_main
-from seg_ros.training.modelcard import main, read_card_header, training_wall_time, write_index
+from seg_ros.training.modelcard import read_card_header, training_wall_time, write_index
 from seg_ros.training.trainer import Trainer
 from test.support.datasets import write_shapes
 from test.support.training import TINY_NET, tiny_recipe, tiny_recipe_file
@@ -111,7 +112,7 @@ def test_index_says_why_the_default_is_the_default(tmp_path):
     _card(tmp_path, 'dsnet_camvid', b'dsnet', parameters=900_000, val_miou=60.0, fps=30.0)
     (tmp_path / 'dsnet_camvid.pt').write_bytes(b'dsnet, retrained since its card')
     index = write_index(tmp_path).read_text()
-    assert '| `enet_camvid.pt` | [enet](enet_camvid.md) | camvid | 360x480 | 360,000 | 50.0 (val) |' in index
+    assert '| `enet_camvid.pt` | [enet](enet_camvid.md) | camvid | 480x360 | 360,000 | 50.0 (val) |' in index
     assert '| `erfnet_camvid.pt` | no card' in index
     assert '| `dsnet_camvid.pt` | [card](dsnet_camvid.md) is for another file' in index
     assert ('loads `enet_camvid.pt` by default (`model: enet` in config/segment.yaml): of the checkpoints '

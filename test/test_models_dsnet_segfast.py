@@ -38,7 +38,7 @@ def test_dsnet_follows_table_3():
     model = build_model('dsnet', num_classes=NUM_CLASSES).eval()
     units = [model.init, model.down1, model.stage1, model.down2, model.stage2, model.stage3,
              model.up4, model.stage4, model.up5, model.stage5, model.fullconv]
-    # Table 3 at 800x800 scaled to 64x96: 16 @ 1/2, 64 @ 1/4, 128 @ 1/8, back up to C @ 1.
+    # Table 3 at 800x800 scaled to 96x64: 16 @ 1/2, 64 @ 1/4, 128 @ 1/8, back up to C @ 1.
     assert output_shapes(model, units, torch.randn(1, 3, 64, 96)) == [
         (16, 32, 48), (64, 16, 24), (64, 16, 24), (128, 8, 12), (128, 8, 12), (128, 8, 12),
         (64, 16, 24), (64, 16, 24), (16, 32, 48), (16, 32, 48), (NUM_CLASSES, 64, 96)]
@@ -124,7 +124,7 @@ def test_dsnet_context_head_gives_presence_logits_only_when_asked():
     logits, presence = model(x, with_context=True)
     assert logits.shape == (2, NUM_CLASSES, 45, 70)
     assert presence.shape == (2, NUM_CLASSES)
-    assert calls == [(2, 128, 6, 9)]  # the encoder output at 1/8 of the padded 48x72
+    assert calls == [(2, 128, 6, 9)]  # the encoder output at 1/8 of the padded 72x48
 
     target = torch.randint(0, 2, (2, NUM_CLASSES)).float()
     (F.cross_entropy(logits, torch.randint(0, NUM_CLASSES, (2, 45, 70)))

@@ -23,7 +23,8 @@ from std_msgs.msg import Float32MultiArray, String
 from seg_ros.inference.segmenter import SegmentationError, Segmenter
 from seg_ros.interface import output_prefix
 from seg_ros.ros.conversions import array_to_compressed, array_to_image, compressed_to_array, image_to_array
-from seg_ros.ros.node import PARAMETERS, SegmentNode
+from seg_ros.ros.node import SegmentNode
+from seg_ros.ros.parameters import PARAMETERS
 from seg_ros.ros.qos import LATCHED
 
 from .support import CHANNEL_NET, channel_checkpoint, expected_channel_mask
@@ -128,7 +129,7 @@ def test_other_encodings_and_sizes(ros: Ros, start_node, reference: Segmenter) -
     probe = ros.probe
     masks = probe.listen('/t2/segmentation/mask', Image)
     publisher = probe.create_publisher(Image, '/t2/image_raw', 10)
-    rgb = camera_image(2, height=30, width=40)  # not the network size: resized in, mask back at 30x40
+    rgb = camera_image(2, height=30, width=40)  # not the network size: resized in, mask back at 40x30
     cases = {
         'bgr8': (rgb[:, :, ::-1].copy(), 'bgr8'),
         'mono8': (rgb[:, :, 1].copy(), 'mono8'),

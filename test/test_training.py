@@ -84,7 +84,7 @@ def test_overrides_set_dotted_keys_with_yaml_values():
     ('stages.2.epochs=1', 'stages is a list of 2'),
     ('stages.1.epoch=1', "unknown key 'stages.1.epoch' (did you mean 'epochs'?)"),
     ('model.name=enett', "'model.name': unknown network 'enett' (did you mean 'enet'?)"),
-    ('train.precision=fp8', "'train.precision': needs auto or one of fp32, fp16, bf16"),
+    ('train.precision=fp8', "'train.precision': needs one of auto, fp32, fp16, bf16"),
     ('train.channels_last=maybe', "'train.channels_last': needs auto, true or false"),
     ('data.cache=sometimes', "'stages.0.data.cache': needs auto, true or false"),
     ('train.compile=often', "'train.compile': needs auto, true or false"),

@@ -35,7 +35,7 @@ from seg_ros.bag.runs import evaluate_runs, find_bags
 from seg_ros.bag.writer import DEFAULT_OUTPUTS, OUTPUTS, STORAGE_PLUGINS, parse_outputs
 from seg_ros.inference.backends import BACKENDS
 from seg_ros.labels import list_label_sets
-from seg_ros.vocabulary import PRECISION_CHOICES
+from seg_ros.vocabulary import PRECISION_CHOICES, size_argument
 
 __all__ = ['EXIT_MISSING', 'main', 'make_main']
 
@@ -155,7 +155,7 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     network.add_argument('--backend', choices=BACKENDS, default='auto',
                          help='auto: the fastest whose masks agree with fp32 PyTorch, measured at start-up and '
                               'cached (default: auto)')
-    network.add_argument('--input-size', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'),
+    network.add_argument('--input-size', type=size_argument, metavar='WxH',
                          help="network input size (default: each checkpoint's training size)")
     runs = parser.add_argument_group('several runs')
     runs.add_argument('--workers', type=int, default=1, metavar='N',
@@ -300,7 +300,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             video_panels=args.video_panels, panel_height=args.panel_height, video_fps=args.video_fps,
             mosaic_frames=args.mosaic_frames, mosaic_at=args.mosaic_at, device=args.device,
             precision=args.precision, backend=args.backend,
-            input_size=tuple(args.input_size) if args.input_size else None, progress=not args.quiet)
+            input_size=args.input_size, progress=not args.quiet)
         if len(bags) == 1 and args.workers == 1 and not args.scheduler:
             return _print_summary(evaluate_bag(options), args.out)
         combined = evaluate_runs(replace(options, progress=False), bags, workers=args.workers,

@@ -16,6 +16,7 @@ import numpy as np
 
 from seg_ros.labels import LabelSet
 from seg_ros.training.evaluate import agg_pyplot
+from seg_ros.vocabulary import format_size
 
 __all__ = ['FrameLog', 'format_markdown', 'number_text', 'plot_class_share', 'plot_confidence', 'table_lines',
            'write_json']
@@ -76,7 +77,7 @@ def _bag_section(report: dict[str, Any]) -> list[str]:
             f'after {stopped["messages_read"]} messages, the last at {stopped["last_time_s"]:.3f} s'
         lines += [f'**Reading stopped early** {at}: {stopped["reason"]}', '']
     lines += [f'- {note}' for note in bag['notes']] + ([''] if bag['notes'] else [])
-    rows = [[f'`{name}`', m['model'], m['label_set'], f'{m["input_size"][0]}x{m["input_size"][1]}',
+    rows = [[f'`{name}`', m['model'], m['label_set'], format_size(m['input_size']),
              f'`{m["checkpoint"]}`'] for name, m in report['models'].items()]
     lines += ['## Models', '', *table_lines(['name', 'network', 'classes', 'input', 'checkpoint'], rows)]
     gt = report['ground_truth']

@@ -14,6 +14,7 @@ import torch
 from seg_ros.checkpoint import Checkpoint, save_checkpoint
 from seg_ros.labels import CAMVID11
 from seg_ros.models import build_model
+from seg_ros.vocabulary import format_size
 
 MIB = 2 ** 20
 
@@ -38,7 +39,7 @@ def random_checkpoint(network: str, size: tuple[int, int], folder: Path, seed: i
     model = build_model(network, num_classes=CAMVID11.num_classes)
     return save_checkpoint(Checkpoint.from_model(model, network, CAMVID11, input_size=size,
                                                  meta={'purpose': 'seg-bench, random weights'}),
-                           folder / f'{network}_{size[1]}x{size[0]}.pt')
+                           folder / f'{network}_{format_size(size)}.pt')
 
 
 def time_calls(call: Callable[[], Any], device: torch.device, iterations: int, warmup: bool = True) -> np.ndarray:

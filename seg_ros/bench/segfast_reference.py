@@ -1,6 +1,6 @@
 """The SegFast authors' PyTorch network, re-written here only to time this package's SegFast against it.
 
-``python -m seg_ros.bench.segfast_reference [--sizes 480x360,224x224] [--threads 1] [--rounds 30]``
+``python -m seg_ros.bench.segfast_reference [--sizes 480x360 224x224] [--threads 1] [--rounds 30]``
 
 The authors' code (DVLP-CMATERJU/SegFast, ``models/segfast.py`` and ``models/segfast_basic.py``) has
 another layer table than the paper's Table 5, which ``seg_ros.models.segfast`` follows (see its
@@ -36,7 +36,7 @@ from seg_ros.labels import CAMVID11
 from seg_ros.models import build_model, count_parameters
 from seg_ros.models.segfast import SegFast
 from seg_ros.reporting import machine_info, markdown_table
-from seg_ros.vocabulary import format_size, parse_size
+from seg_ros.vocabulary import format_size, size_argument
 
 __all__ = ['AuthorsSegFast', 'AuthorsStyleSegFast', 'main', 'time_side_by_side']
 
@@ -191,8 +191,8 @@ def time_side_by_side(networks: dict[str, nn.Module], size: tuple[int, int], rou
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m seg_ros.bench.segfast_reference',
                                      description=__doc__.split('\n')[0])
-    parser.add_argument('--sizes', default='480x360,224x224',
-                        help='WIDTHxHEIGHT sizes, comma-separated (default: %(default)s)')
+    parser.add_argument('--sizes', nargs='+', type=size_argument, default=[(360, 480), (224, 224)], metavar='WxH',
+                        help='input sizes (default: 480x360 224x224)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default: %(default)s)')
     parser.add_argument('--rounds', type=int, default=30, help='timed forwards per network (default: %(default)s)')
     args = parser.parse_args(argv)
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         networks = {ours: build_model(ours, num_classes=classes).eval(),
                     f'{ours} table, authors\' layers': AuthorsStyleSegFast(classes, separable=separable).eval(),
                     f'authors\' {ours} (their table)': AuthorsSegFast(classes, separable=separable).eval()}
-        for size in (parse_size(text) for text in args.sizes.split(',')):
+        for size in args.sizes:
             rows += time_side_by_side(networks, size, args.rounds)
     info = machine_info(torch.device('cpu'))
     print(f'fp32 eager, batch 1, {args.rounds} rounds; {info["cpu"]}, {info["torch_threads"]} torch thread(s), '

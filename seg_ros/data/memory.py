@@ -2,7 +2,7 @@
 
 Worker processes that decode JPEGs compete with the training step for a small machine's cores, and
 ship every batch back through shared memory. A split that fits in memory (CamVid's 367 training
-frames at 360x480 are 190 MB as uint8) is decoded once and kept as uint8 tensors on the training
+frames at 480x360 are 190 MB as uint8) is decoded once and kept as uint8 tensors on the training
 device. Each batch is then augmented where it is cheapest:
 
 - on a GPU, ``BatchAugment``: random scale, crop and flip (paper 000, III-B) as one ``grid_sample``

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from seg_ros.inference.preparation import MAX_CHANGED_SHARE
+from seg_ros.vocabulary import format_size
 
 __all__ = ['DEFAULT_OPSET', 'DEFAULT_TOLERANCE', 'ExportCheck', 'OnnxRuntimeForward', 'OpenVinoForward',
            'export_onnx', 'verify_onnx']
@@ -207,7 +208,7 @@ def verify_onnx(onnx_model: bytes, model: nn.Module, sizes: Sequence[tuple[int, 
         got = forward(x)
         if got.shape != expected.shape:
             raise ValueError(f'ONNX output shape {tuple(got.shape)} differs from PyTorch '
-                             f'{tuple(expected.shape)} at input {size[0]}x{size[1]}')
+                             f'{tuple(expected.shape)} at input {format_size(size)}')
         error = (got - expected).abs()
         max_abs_logit = float(expected.abs().max())
         checks.append(ExportCheck(

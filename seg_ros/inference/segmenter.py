@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +38,17 @@ from seg_ros.inference.backends import (
 from seg_ros.inference.onnx import export_onnx
 from seg_ros.inference.preparation import Forward, prepare_model
 from seg_ros.labels import IGNORE_INDEX, LabelSet
-from seg_ros.vocabulary import PRECISION_CHOICES
+from seg_ros.vocabulary import PRECISION_CHOICES, format_size
 
-__all__ = ['DEFAULT_OUTPUTS', 'OPTIONAL_OUTPUTS', 'SegmentationError',
-           'SegmentationResult', 'Segmenter', 'resolve_device']
+__all__ = [
+    'DEFAULT_OUTPUTS',
+    'OPTIONAL_OUTPUTS',
+    'SegmentationError',
+    'SegmentationResult',
+    'Segmenter',
+    'resolve_device',
+    'view_scores',
+]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +128,36 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | 
         return 'bf16', None
     return 'fp32', (f'precision {precision} does not speed up inference on this CPU '
                     '(no native support); using fp32')
+
+
+def view_scores(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, out_size: Sequence[int], *,
+                input_size: Sequence[int] | None = None, flip: bool = False,
+                scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """(N, C, *out_size) class scores of ``images`` whose argmax is the prediction.
+
+    One view gives ``forward``'s logits resized to ``out_size``; several views (test-time
+    augmentation: ``flip`` adds the mirrored image, each of ``scales`` resizes ``input_size``) give
+    the mean of their soft-max probabilities. ``input_size`` (height, width) is what the network sees
+    at scale 1 (None: the images' own size). Used by ``Segmenter.class_scores`` and by the trainer's
+    validation, which scores the network it is training.
+    """
+    base_h, base_w = input_size or images.shape[-2:]
+    out_size = tuple(int(v) for v in out_size)
+    views = [(scale, flipped) for scale in scales for flipped in ((False, True) if flip else (False,))]
+    total = None
+    for scale, flipped in views:
+        size = (max(1, round(base_h * scale)), max(1, round(base_w * scale)))
+        x = images if tuple(images.shape[-2:]) == size else F.interpolate(
+            images, size=size, mode='bilinear', align_corners=False)
+        logits = forward(x.flip(-1) if flipped else x)
+        if flipped:
+            logits = logits.flip(-1)
+        logits = logits.float()
+        if tuple(logits.shape[-2:]) != out_size:
+            logits = F.interpolate(logits, size=out_size, mode='bilinear', align_corners=False)
+        scores = logits.softmax(1) if len(views) > 1 else logits
+        total = scores if total is None else total + scores
+    return total
 
 
 class Segmenter:
@@ -241,7 +278,7 @@ class Segmenter:
     def _check_size(size: Sequence[int]) -> tuple[int, int]:
         height, width = (int(v) for v in size)
         if height < 8 or width < 8:
-            raise ValueError(f'input_size {height}x{width} is too small (at least 8x8)')
+            raise ValueError(f'input_size {format_size((height, width))} is too small (at least 8x8)')
         return height, width
 
     @property
@@ -254,7 +291,7 @@ class Segmenter:
 
     def describe(self) -> str:
         return (f'{self.checkpoint.model_name} ({self.num_classes} classes, {self.labels.name}) on '
-                f'{self.device} at {self.precision}, input {self.input_size[0]}x{self.input_size[1]}'
+                f'{self.device} at {self.precision}, input {format_size(self.input_size)}'
                 f'{", channels_last" if self.channels_last else ""}{", compiled" if self.compiled else ""}'
                 f'{", CUDA graphs" if self.cuda_graphs else ""}, backend {self.backend}')
 
@@ -290,6 +327,18 @@ class Segmenter:
         logits = self.forward(batch)
         return [self._postprocess(logits[i:i + 1], rgb[i], outputs, overlay_alpha)
                 for i in range(len(rgb))]
+
+    @torch.inference_mode()
+    def class_scores(self, image: np.ndarray, *, out_size: Sequence[int] | None = None, native: bool = False,
+                     flip: bool = False, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+        """(C, H, W) class scores of one H x W x 3 uint8 RGB image, on the device, at ``out_size``
+        (default the image's own), whose argmax is the class of each pixel: ``view_scores`` through
+        this segmenter's backend and precision, at ``input_size`` (the image's own size when
+        ``native``). What ``seg-eval`` scores; ``flip`` and ``scales`` are its test-time augmentation."""
+        rgb = self._upload(image, 'rgb8').float()
+        size = rgb.shape[-2:] if native else self.input_size
+        return view_scores(self.forward, rgb, out_size or rgb.shape[-2:], input_size=size, flip=flip,
+                           scales=scales)[0]
 
     def _upload(self, image: np.ndarray, encoding: str) -> torch.Tensor:
         """(1, 3, H, W) uint8 RGB on the device, from one copy of the array."""

@@ -19,8 +19,8 @@ class SegmentationNet(nn.Module):
 
     Subclasses implement ``forward_padded`` for inputs whose height and width are multiples of
     ``size_divisor`` (the product of the network's down-sampling strides). ``forward`` pads any
-    other size on the bottom and right, and crops the outputs back, so a network accepts 375x1242
-    as readily as 360x480. Padding, unlike resizing, keeps every output pixel aligned with its
+    other size on the bottom and right, and crops the outputs back, so a network accepts 1242x375
+    as readily as 480x360. Padding, unlike resizing, keeps every output pixel aligned with its
     input pixel.
 
     ``forward_padded`` returns logits, or a tuple whose first item is the logits and whose other

@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from seg_ros.models import build_model, count_parameters, list_models
+from seg_ros.vocabulary import size_argument
 
 # Figures the papers report, for the table printed beside ours.
 PAPER_PARAMETERS = {
@@ -21,14 +22,15 @@ PAPER_PARAMETERS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='seg-models', description=__doc__)
     parser.add_argument('--num-classes', type=int, default=19)
-    parser.add_argument('--height', type=int, default=360)
-    parser.add_argument('--width', type=int, default=480)
+    parser.add_argument('--size', type=size_argument, default=(360, 480), metavar='WxH',
+                        help='input size (default: 480x360)')
     args = parser.parse_args(argv)
+    height, width = args.size
 
-    size = f'1x3x{args.height}x{args.width}'
+    size = f'1x3x{height}x{width}'
     print(f'| network | parameters ({args.num_classes} classes) | paper | output for {size} |')
     print('| --- | ---: | ---: | --- |')
-    x = torch.rand(1, 3, args.height, args.width)
+    x = torch.rand(1, 3, height, width)
     for name in list_models():
         if name not in PAPER_PARAMETERS:
             continue  # networks registered by users or tests

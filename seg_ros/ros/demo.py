@@ -43,7 +43,7 @@ from seg_ros.frames.synthetic import CAMERA_HEIGHT
 from seg_ros.paths import fastdds_profile
 from seg_ros.ros.conversions import image_to_array
 from seg_ros.ros.qos import LATCHED, input_qos
-from seg_ros.vocabulary import PRECISION_CHOICES
+from seg_ros.vocabulary import PRECISION_CHOICES, size_argument
 
 __all__ = ['DemoMonitor', 'main']
 
@@ -51,6 +51,7 @@ CAMERA_TOPIC = '/camera/image_raw'
 RESULTS = '/camera/segmentation'  # where segment_node puts the results of CAMERA_TOPIC
 STOP_TIMEOUT = 10.0  # seconds a process gets to exit after SIGINT, and again after SIGTERM
 TOP_CLASSES = 3
+OVERLAY_FILE = 'demo_overlay.png'
 SYNTHETIC_CAMERA_POSE = f'0 0 {CAMERA_HEIGHT} 0 0 0'  # in base_link: x y z roll pitch yaw
 
 
@@ -124,7 +125,7 @@ def _segment_parameters(args: argparse.Namespace) -> dict[str, object]:
 
 def _start(args: argparse.Namespace) -> dict[str, subprocess.Popen]:
     camera = {'topic': CAMERA_TOPIC, 'source': args.source, 'rate': float(args.rate),
-              'width': args.width, 'height': args.height}
+              'width': args.size[1], 'height': args.size[0]}
     return {
         'segment_node': subprocess.Popen(_node_command('seg_ros.ros.node', _segment_parameters(args))),
         'sample_camera': subprocess.Popen(_node_command('seg_ros.ros.sample_camera', camera)),
@@ -193,10 +194,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--source', default='synthetic',
                         help='synthetic, a video, an image folder, a rosbag2 or v4l2:/dev/videoN')
     parser.add_argument('--rate', type=float, default=15.0, help='camera frames per second')
-    parser.add_argument('--width', type=int, default=640, help='camera frame width')
-    parser.add_argument('--height', type=int, default=360, help='camera frame height')
-    parser.add_argument('--out', type=Path, default=Path('out') / 'demo_overlay.png',
-                        help='where the last overlay is saved (PNG)')
+    parser.add_argument('--size', type=size_argument, default=(360, 640), metavar='WxH',
+                        help='camera frame size (default: 640x360)')
+    parser.add_argument('--out', type=Path, default=Path('out'),
+                        help=f'folder where the last overlay is saved as {OVERLAY_FILE}')
     parser.add_argument('--startup-timeout', type=float, default=120.0,
                         help='seconds to wait for the first result (model loading)')
     args = parser.parse_args(argv)
@@ -231,8 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if monitor.last_overlay is None:
         print('seg-demo: no overlay arrived; nothing saved', file=sys.stderr)
         return 1
-    _save_overlay(monitor.last_overlay, args.out)
-    print(f'seg-demo: {monitor.overlays} overlays received; the last one is saved as {args.out.resolve()}')
+    path = args.out / OVERLAY_FILE
+    _save_overlay(monitor.last_overlay, path)
+    print(f'seg-demo: {monitor.overlays} overlays received; the last one is saved as {path.resolve()}')
     return exit_code if stopped_cleanly else 1
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import re
 import threading
 import time
@@ -45,7 +44,7 @@ import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import (
     InvalidParameterTypeException,
     InvalidParameterValueException,
@@ -66,103 +65,28 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension, MultiArrayLayout, String
 
 from seg_ros.checkpoint import CheckpointError, load_checkpoint
-from seg_ros.inference.backends import BACKENDS
 from seg_ros.inference.segmenter import SegmentationError, SegmentationResult, Segmenter
 from seg_ros.interface import output_prefix, stats_dimensions, stats_table
 from seg_ros.models import list_models
 from seg_ros.paths import default_checkpoint
 from seg_ros.ros.conversions import ConversionError, array_to_image, compressed_to_array, image_to_array
 from seg_ros.ros.ground_output import GroundOutputs
-from seg_ros.ros.qos import LATCHED, OUTPUT, RELIABILITY_CHOICES, SubscriptionEventCallbacks, input_qos
+from seg_ros.ros.parameters import NODE_NAME, PARAMETERS, descriptor, invalid_reason
+from seg_ros.ros.qos import LATCHED, OUTPUT, SubscriptionEventCallbacks, input_qos
 from seg_ros.ros.spinning import init, spin
-from seg_ros.vocabulary import PRECISION_CHOICES
+from seg_ros.vocabulary import format_size
 
-__all__ = ['PARAMETERS', 'ParameterSpec', 'SegmentNode', 'StartupError', 'main', 'run']
+__all__ = ['SegmentNode', 'StartupError', 'main', 'run']
 
-NODE_NAME = 'segment_node'
+
 LOG_THROTTLE_SEC = 5.0
+
+
 LATENCY_WINDOW = 1000  # samples kept between two diagnostics reports
 
 
-@dataclass(frozen=True)
-class ParameterSpec:
-    """A node parameter: default (which fixes its type), description and constraints."""
-
-    default: bool | int | float | str | list[str] | list[float]
-    description: str
-    read_only: bool = False
-    limits: tuple[float, float] | None = None  # inclusive range of a number
-    choices: tuple[str, ...] = ()
-
-
-PARAMETERS: dict[str, ParameterSpec] = {
-    'model': ParameterSpec(
-        'enet', 'network whose shipped checkpoint models/<model>_camvid.pt is used; with weights set it must '
-        "name the checkpoint's network or be empty", read_only=True),
-    'weights': ParameterSpec('', 'checkpoint file used instead of the shipped one of model', read_only=True),
-    'image_topics': ParameterSpec(
-        ['camera/image_raw'], 'camera topics (relative names are in the node namespace); a name ending in '
-        '/compressed is a sensor_msgs/CompressedImage', read_only=True),
-    'device': ParameterSpec('auto', 'auto (CUDA when available), cpu, cuda or cuda:N', read_only=True),
-    'precision': ParameterSpec(
-        'auto', 'inference precision; auto: measured with backend at start-up (fp32, and bf16 where native)',
-        read_only=True, choices=PRECISION_CHOICES),
-    'backend': ParameterSpec(
-        'auto', 'torch, onnxruntime (CPU, fp32), openvino (CPU, fp32/bf16) or auto (the fastest whose masks agree '
-        'with fp32 PyTorch, measured at start-up and cached)', read_only=True, choices=BACKENDS),
-    'compile': ParameterSpec(
-        False, 'torch.compile the network for the input shapes it sees (minutes of start-up on a CPU)',
-        read_only=True),
-    'input_height': ParameterSpec(
-        0, 'network input height; 0 (with input_width 0) = the checkpoint training resolution',
-        read_only=True, limits=(0, 8192)),
-    'input_width': ParameterSpec(
-        0, 'network input width; 0 (with input_height 0) = the checkpoint training resolution',
-        read_only=True, limits=(0, 8192)),
-    'output_size': ParameterSpec(
-        'input', 'input: results at each camera resolution; network: at the network input size',
-        read_only=True, choices=('input', 'network')),
-    'min_confidence': ParameterSpec(
-        0.0, 'pixels whose top-class probability is below this are 255 (none) in the mask',
-        limits=(0.0, 1.0)),
-    'overlay_alpha': ParameterSpec(0.5, 'weight of the class colours in the overlay', limits=(0.0, 1.0)),
-    'publish_color_mask': ParameterSpec(True, 'publish color_mask (computed only while it has subscribers)'),
-    'publish_overlay': ParameterSpec(True, 'publish overlay (computed only while it has subscribers)'),
-    'publish_confidence': ParameterSpec(False, 'publish confidence (computed only while it has subscribers)'),
-    'publish_stats': ParameterSpec(True, 'publish per-class statistics on stats'),
-    'qos_reliability': ParameterSpec(
-        'best_effort', 'reliability of the camera subscriptions', read_only=True,
-        choices=tuple(RELIABILITY_CHOICES)),
-    'qos_depth': ParameterSpec(1, 'queue depth of the camera subscriptions', read_only=True, limits=(1, 100)),
-    'output_namespace': ParameterSpec(
-        'segmentation', 'results go to <camera namespace>/<output_namespace>/', read_only=True),
-    'diagnostics_period': ParameterSpec(
-        1.0, 'seconds between /diagnostics messages', read_only=True, limits=(0.05, 60.0)),
-    'camera_timeout': ParameterSpec(
-        2.0, 'seconds without frames after which a camera is reported WARN', limits=(0.05, 3600.0)),
-    'max_image_pixels': ParameterSpec(
-        3840 * 2160, 'frames claiming more pixels (width x height) are dropped before anything is allocated',
-        limits=(1, 268435456)),
-    # Ground grid and scan (seg_ros.ros.ground_output); bad values give a warning and no grid, not an error.
-    'ground_frame': ParameterSpec(
-        'base_link', 'frame of camera_poses, the grid and the scan (REP-105: base_link or base_footprint)'),
-    'camera_poses': ParameterSpec(
-        [''], "per image topic, 'x y z roll pitch yaw' (m, rad) of the camera body (x forward, z up) in "
-              "ground_frame; '' or missing: no grid from that camera"),
-    'camera_rectified': ParameterSpec(False, 'the images are rectified: project with CameraInfo P, no distortion'),
-    'camera_info_tolerance': ParameterSpec(
-        0.0, 'seconds a CameraInfo stamp may differ from its image stamp (0: identical stamps)', limits=(0.0, 1.0)),
-    'ground_classes': ParameterSpec(
-        '', 'YAML file of the drivable, non_drivable and obstacle classes per label set; '
-            "'' = the shipped config/ground_classes.yaml", read_only=True),
-    'ground_z': ParameterSpec(0.0, 'height of the ground plane in ground_frame (m)'),
-    'grid_resolution': ParameterSpec(0.1, 'edge of a grid cell (m)'),
-    'grid_extent': ParameterSpec(
-        [-10.0, 40.0, -20.0, 20.0], 'min_x max_x min_y max_y of the grid in ground_frame (m), around its origin'),
-    'scan_angle_increment': ParameterSpec(
-        math.radians(0.5), 'angle between the bearings of the scan (rad); it covers a full turn'),
-}
 """Every parameter of the node, in the order of config/segment.yaml."""
+
 
 # Optional outputs and the parameter that switches each on.
 OPTIONAL_OUTPUT_SWITCHES = {
@@ -170,6 +94,8 @@ OPTIONAL_OUTPUT_SWITCHES = {
     'overlay': 'publish_overlay',
     'confidence': 'publish_confidence',
 }
+
+
 OUTPUT_TYPES = {
     'mask': Image,
     'color_mask': Image,
@@ -182,33 +108,6 @@ OUTPUT_TYPES = {
 
 class StartupError(RuntimeError):
     """The node cannot start; the message says what to fix."""
-
-
-def _descriptor(name: str, spec: ParameterSpec) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(name=name, description=spec.description, read_only=spec.read_only)
-    if spec.choices:
-        descriptor.additional_constraints = f'one of: {", ".join(spec.choices)}'
-    if spec.limits is not None:
-        low, high = spec.limits
-        if isinstance(spec.default, float):
-            descriptor.floating_point_range = [
-                FloatingPointRange(from_value=float(low), to_value=float(high))]
-        else:
-            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
-    return descriptor
-
-
-def _invalid_reason(parameter: Parameter) -> str | None:
-    """Why a value is not acceptable beyond its type and range (which rclpy checks), or None."""
-    spec = PARAMETERS.get(parameter.name)
-    value = parameter.value
-    if spec is not None and spec.choices and value not in spec.choices:
-        return f'{parameter.name} {value!r} is not one of: {", ".join(spec.choices)}'
-    if parameter.name == 'image_topics' and not value:
-        return 'image_topics needs at least one camera topic'
-    if parameter.name == 'output_namespace' and not value.strip('/'):
-        return 'output_namespace must not be empty'
-    return None
 
 
 def stats_message(result: SegmentationResult) -> Float32MultiArray:
@@ -376,7 +275,7 @@ class SegmentNode(Node):
         # The callback is added first so that start-up values (overrides) are checked as well.
         self.add_on_set_parameters_callback(self.parameters_callback)
         try:
-            self.declare_parameters('', [(name, spec.default, _descriptor(name, spec))
+            self.declare_parameters('', [(name, spec.default, descriptor(name, spec))
                                          for name, spec in PARAMETERS.items()])
         except (InvalidParameterValueException, InvalidParameterTypeException) as error:
             raise StartupError(str(error)) from None
@@ -461,7 +360,7 @@ class SegmentNode(Node):
     def parameters_callback(self, parameters: list[Parameter]) -> SetParametersResult:
         """Reject values rclpy's type, range and read-only checks let through."""
         for parameter in parameters:
-            reason = _invalid_reason(parameter)
+            reason = invalid_reason(parameter)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
@@ -640,7 +539,7 @@ class SegmentNode(Node):
             'precision': segmenter.precision,
             'backend': segmenter.backend,
             'backend choice': segmenter.choice.summary(),
-            'input size': f'{segmenter.input_size[0]}x{segmenter.input_size[1]}',
+            'input size': format_size(segmenter.input_size),
             'output size': segmenter.output_size,
             'inference p50 (ms)': f'{np.median(inference):.1f}' if inference.size else 'nan',
             'mean batch size': f'{batch_sizes.mean():.2f}' if batch_sizes.size else 'nan',

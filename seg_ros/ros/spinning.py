@@ -1,4 +1,4 @@
-"""rclpy set up for a node process that stops cleanly at any moment (see ``entry_points``).
+"""rclpy set up for a node process that stops cleanly at any moment (see ``stopping``).
 
 rclpy's own handler shuts the context down on SIGINT at once, under a frame being published, and
 leaves later signals to raise inside the clean-up; ``init`` installs ``stop_on_signals`` instead,
@@ -15,7 +15,7 @@ import rclpy
 from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.signals import SignalHandlerOptions
 
-from seg_ros.ros.entry_points import defer_stops, stop_on_signals, stop_requested
+from seg_ros.ros.stopping import defer_stops, stop_on_signals, stop_requested
 
 __all__ = ['init', 'spin']
 

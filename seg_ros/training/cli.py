@@ -1,4 +1,4 @@
-"""``seg-train`` and ``seg-eval``: the command lines over the trainer and the evaluation path.
+"""``seg-train``, ``seg-eval`` and ``seg-card``: the command lines over the trainer, the evaluation and the model cards.
 
 ``seg-train RECIPE [KEY=VALUE ...] [--resume [CHECKPOINT]] [--check] [--print-recipe]``
     RECIPE is a YAML file or the name of a bundled one (``enet_camvid``); each KEY=VALUE sets a
@@ -8,13 +8,16 @@
 ``seg-eval CHECKPOINT --dataset NAME --data-root DIR [--split val] [--json PATH] ...``
     Scores a checkpoint on a labelled split: per-class IoU and accuracy, mIoU, pixel accuracy,
     mean class accuracy, Cityscapes' 7-category IoU where it applies; a table on stdout, a JSON
-    report and a confusion-matrix PNG on request.
+    report and a confusion-matrix PNG on request. It scores through the ``Segmenter`` the node runs.
+
+``seg-card CHECKPOINT --recipe-command "seg-train ..." --hardware "..." [--out models]``
+    Writes the checkpoint's model card and regenerates the folder's index
+    (``seg_ros.training.modelcard``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -22,17 +25,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch.distributed as dist
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from seg_ros.checkpoint import CheckpointError, load_checkpoint
-from seg_ros.data import DatasetError, EvalTransform, build_dataset, list_datasets, validate_dataset
+from seg_ros.checkpoint import CheckpointError
+from seg_ros.data import DatasetError, list_datasets
+from seg_ros.inference.backends import BACKENDS
 from seg_ros.inference.segmenter import resolve_device
 from seg_ros.training.config import RecipeError, dump_recipe, load_recipe, recipe_dirs
-from seg_ros.training.evaluate import check_same_classes, evaluate, format_report, plot_confusion, summarize
-from seg_ros.vocabulary import PRECISIONS
+from seg_ros.training.evaluate import evaluate_checkpoint, format_report, plot_confusion, write_report
+from seg_ros.training.modelcard import write_card
+from seg_ros.vocabulary import PRECISION_CHOICES, size_argument
 
-__all__ = ['eval_main', 'train_main']
+__all__ = ['card_main', 'eval_main', 'train_main']
 
 log = logging.getLogger('seg_ros.training')
 
@@ -111,19 +114,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
-def _input_size(values: list[str] | None) -> tuple[int, int] | str | None:
-    """--input-size: two integers, 'native', or absent (the checkpoint's)."""
-    if values is None:
-        return 'checkpoint'
-    if values == ['native']:
-        return None
-    try:
-        height, width = (int(v) for v in values)
-    except ValueError:
-        raise ValueError(f'--input-size takes HEIGHT WIDTH or "native", got {" ".join(values)}') from None
-    if height < 1 or width < 1:
-        raise ValueError(f'--input-size must be positive, got {height} {width}')
-    return height, width
+def _input_size(text: str) -> tuple[int, int] | str:
+    """--input-size: ``WIDTHxHEIGHT`` or ``native``."""
+    return text if text == 'native' else size_argument(text)
 
 
 def _eval_parser() -> argparse.ArgumentParser:
@@ -142,16 +135,17 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument('--plot', type=Path,
                         help='confusion-matrix heat-map PNG (default: beside --json, <stem>_confusion.png)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default: auto)')
-    parser.add_argument('--precision', default='fp32', choices=PRECISIONS,
-                        help='fp32, or autocast to fp16 / bf16 (default: fp32)')
-    parser.add_argument('--input-size', nargs='+', metavar='SIZE',
-                        help='HEIGHT WIDTH the network sees (default: the checkpoint\'s input size), '
-                             'or "native" for each image\'s own size; scores are always at label size')
+    parser.add_argument('--precision', default='fp32', choices=PRECISION_CHOICES,
+                        help='as segment_node\'s parameter; auto measures (default: fp32)')
+    parser.add_argument('--backend', default='torch', choices=BACKENDS,
+                        help='as segment_node\'s parameter; auto measures (default: torch)')
+    parser.add_argument('--input-size', type=_input_size, metavar='WxH',
+                        help='what the network sees (default: the checkpoint\'s input size), or "native" for '
+                             'each image\'s own size; scores are always at label size')
     parser.add_argument('--flip', action='store_true', help='test-time augmentation: add the mirrored image')
     parser.add_argument('--scales', type=float, nargs='+', default=[1.0], metavar='S',
                         help='test-time augmentation: input scales to average (e.g. 0.75 1.0 1.25)')
-    parser.add_argument('--batch-size', type=int, default=1, help='images per batch (equal sizes only)')
-    parser.add_argument('--num-workers', type=int, default=2, help='data loading processes')
+    parser.add_argument('--num-workers', type=int, default=2, help='processes that decode the files (default: 2)')
     parser.add_argument('--no-check-files', action='store_true',
                         help='skip reading every file before scoring (problems then show mid-way)')
     return parser
@@ -162,52 +156,62 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     args = _eval_parser().parse_args(argv)
     _configure_logging()
     try:
-        if args.batch_size < 1 or args.num_workers < 0 or min(args.scales) <= 0:
-            raise ValueError('--batch-size must be >= 1, --num-workers >= 0 and --scales positive')
-        input_size = _input_size(args.input_size)
-        device = resolve_device(args.device)
-        checkpoint = load_checkpoint(args.checkpoint)
-        if input_size == 'checkpoint':
-            input_size = checkpoint.input_size
-        dataset = build_dataset(args.dataset, args.data_root, args.split,
-                                EvalTransform(checkpoint.mean, checkpoint.std))
-        check_same_classes(checkpoint.labels, dataset.label_set, what=f'{args.checkpoint} on {dataset!r}')
-        if not args.no_check_files:
-            problems = validate_dataset(dataset)
-            if problems:
-                raise DatasetError(f'{len(problems)} problem(s) in {dataset!r}:\n  ' + '\n  '.join(problems))
-        model = checkpoint.build_model().to(device)
-        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
-                            pin_memory=device.type == 'cuda')
-        log.info('scoring %s (%s) on %r, network input %s, flip %s, scales %s', args.checkpoint,
-                 checkpoint.model_name, dataset, input_size or 'native', args.flip, args.scales)
-        batches = tqdm(loader, desc='seg-eval', unit='batch', dynamic_ncols=True, disable=None)
-        confusion = evaluate(model, batches, num_classes=checkpoint.num_classes, device=device,
-                             input_size=input_size, flip=args.flip, scales=args.scales,
-                             precision=args.precision)
+        evaluation = evaluate_checkpoint(
+            args.checkpoint, dataset=args.dataset, root=args.data_root, split=args.split, device=args.device,
+            precision=args.precision, backend=args.backend, input_size=args.input_size, flip=args.flip,
+            scales=args.scales, num_workers=args.num_workers, check_files=not args.no_check_files)
     except EXPECTED_ERRORS as exc:
         print(f'seg-eval: error: {exc}', file=sys.stderr)
         return 2
-    report = summarize(confusion, checkpoint.labels)
-    report.update({
-        'checkpoint': str(args.checkpoint),
-        'model': checkpoint.model_name,
-        'dataset': args.dataset,
-        'split': args.split,
-        'images': len(dataset),
-        'input_size': list(input_size) if input_size else 'native',
-        'flip': args.flip,
-        'scales': args.scales,
-    })
-    print(f'{checkpoint.model_name} on {args.dataset} {args.split} ({len(dataset)} images)')
+    report = evaluation.report
+    print(f'{report["model"]} on {args.dataset} {args.split} ({report["images"]} images)')
     print(format_report(report))
-    plot_path = args.plot or (args.json.with_name(f'{args.json.stem}_confusion.png') if args.json else None)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
-        print(f'report: {args.json}')
-    if plot_path:
-        plot_confusion(confusion.matrix, checkpoint.labels, plot_path)
-        print(f'confusion matrix: {plot_path}')
+        print('report: {}\nconfusion matrix: {}'.format(*write_report(evaluation, args.json, args.plot)))
+    elif args.plot:
+        print(f'confusion matrix: {plot_confusion(evaluation.confusion.matrix, evaluation.labels, args.plot)}')
+    return 0
+
+
+def _card_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='seg-card',
+        description='Write the model card of a trained checkpoint (<out>/<network>_<dataset>.md) and '
+                    'regenerate <out>/README.md.',
+        epilog='Example:\n'
+               '  seg-card runs/enet_camvid/best.pt \\\n'
+               '      --recipe-command "seg-train enet_camvid data.root=../shared/data/camvid" \\\n'
+               '      --hardware "1x NVIDIA H100 80GB, 16 CPU cores"',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('checkpoint', type=Path, help='a checkpoint seg-train wrote (best.pt)')
+    parser.add_argument('--recipe-command', required=True,
+                        help='the seg-train command line that trained it, quoted as one argument')
+    parser.add_argument('--hardware', required=True, help='what it was trained on (e.g. "1x RTX 2080 Ti")')
+    parser.add_argument('--out', type=Path, default=Path('models'),
+                        help='folder of the cards (default: models)')
+    parser.add_argument('--data-root', help='dataset folder (default: data.root of the checkpoint\'s recipe)')
+    parser.add_argument('--split', help='split to score (default: the recipe\'s data.val_split)')
+    parser.add_argument('--log', type=Path, help='the run\'s log.jsonl (default: beside the checkpoint)')
+    parser.add_argument('--frames', type=int, default=100, help='timed frames for frames/s (default: 100)')
+    parser.add_argument('--device', default='cpu', help='device to score and time on (default: cpu)')
+    parser.add_argument('--num-workers', type=int, default=2, help='data loading processes of seg-eval')
+    return parser
+
+
+def card_main(argv: Sequence[str] | None = None) -> int:
+    """``seg-card``: exit status 0 with the card written, 2 for a bad checkpoint, command, data or option."""
+    args = _card_parser().parse_args(argv)
+    try:
+        if args.frames < 1 or args.num_workers < 0:
+            raise ValueError(f'--frames must be >= 1 and --num-workers >= 0, got {args.frames} and '
+                             f'{args.num_workers}')
+        resolve_device(args.device)
+        card = write_card(args.checkpoint, recipe_command=args.recipe_command, hardware=args.hardware,
+                          out=args.out, data_root=args.data_root, split=args.split, log_path=args.log,
+                          frames=args.frames, device=args.device, num_workers=args.num_workers)
+    except EXPECTED_ERRORS as exc:
+        print(f'seg-card: error: {exc}', file=sys.stderr)
+        return 2
+    print(f'card: {card}\nindex: {args.out / "README.md"}')
     return 0
 

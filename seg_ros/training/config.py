@@ -37,7 +37,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 
 from seg_ros.models import list_models
-from seg_ros.vocabulary import PRECISION_CHOICES
+from seg_ros.vocabulary import PRECISION_CHOICES, format_size, parse_size
 
 __all__ = ['RecipeError', 'Stage', 'apply_overrides', 'dump_recipe', 'find_recipe',
            'load_recipe', 'recipe_dirs', 'resolve_stages', 'validate_recipe']
@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
         'check_files': True,     # read every file before training starts
     },
     'augment': {
-        'crop_size': None,       # [height, width]; required for training
+        'crop_size': None,       # WIDTHxHEIGHT (480x360); required for training
         'scale_range': [0.5, 2.0],
         'hflip': True,
         'mixup_alpha': 0.0,      # 0: no mixup; > 0: lambda ~ Beta(alpha, alpha) (000, eq. 1)
@@ -92,7 +92,7 @@ DEFAULTS: dict[str, Any] = {
         'schedule_metric': 'val_miou',  # what plateau_halving watches: val_miou | train_loss
     },
     'eval': {
-        'input_size': None,      # [height, width] the network sees; null: each image's own size
+        'input_size': None,      # WIDTHxHEIGHT the network sees; null: each image's own size
         'batch_size': 1,
         'flip': False,
         'scales': [1.0],
@@ -183,6 +183,7 @@ def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[
         raise RecipeError(f'{path}: a recipe is a mapping of sections, got {type(loaded).__name__}')
     recipe = _merge(copy.deepcopy(DEFAULTS), loaded, path=(), source=str(path))
     recipe = apply_overrides(recipe, overrides)
+    _read_sizes(recipe)
     if recipe['output']['dir'] is None:
         recipe['output']['dir'] = str(Path('runs') / path.stem)
     validate_recipe(recipe)
@@ -291,12 +292,34 @@ def _check_int(value: Any, key: str, *, minimum: int) -> int:
     return value
 
 
+def _size_keys(recipe: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str, str]]:
+    """(mapping, key, dotted name) of every size in the recipe."""
+    yield recipe['augment'], 'crop_size', 'augment.crop_size'
+    yield recipe['eval'], 'input_size', 'eval.input_size'
+    for index, stage in enumerate(recipe['stages'] if isinstance(recipe['stages'], list) else []):
+        if isinstance(stage, dict):
+            yield stage, 'crop_size', f'stages[{index}].crop_size'
+            if isinstance(stage.get('augment'), dict):
+                yield stage['augment'], 'crop_size', f'stages[{index}].augment.crop_size'
+
+
+def _read_sizes(recipe: dict[str, Any]) -> None:
+    """Sizes are written ``WIDTHxHEIGHT`` (``480x360``) and held as [height, width] in code."""
+    for mapping, key, name in _size_keys(recipe):
+        if isinstance(mapping.get(key), str):
+            try:
+                mapping[key] = list(parse_size(mapping[key]))
+            except ValueError as error:
+                raise _fail(name, f'needs WIDTHxHEIGHT, for example 480x360: {error}') from None
+
+
 def _check_size(value: Any, key: str, *, optional: bool) -> None:
     if value is None and optional:
         return
+    # [height, width] lists are what the code holds, and what recipes of earlier versions wrote.
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        raise _fail(key, f'needs [height, width] as two positive integers, got {value!r}')
+        raise _fail(key, f'needs WIDTHxHEIGHT, for example 480x360, got {value!r}')
 
 
 def _check_number(value: Any, key: str, *, minimum: float = 0.0) -> None:
@@ -441,5 +464,9 @@ def resolve_stages(recipe: dict[str, Any]) -> list[Stage]:
 
 
 def dump_recipe(recipe: dict[str, Any]) -> str:
-    """The recipe as YAML, as the run's ``recipe.yaml`` and the checkpoint's metadata keep it."""
-    return yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None)
+    """The recipe as YAML, as the run's ``recipe.yaml`` keeps it (sizes written ``WIDTHxHEIGHT``)."""
+    written = copy.deepcopy(recipe)
+    for mapping, key, _ in _size_keys(written):
+        if isinstance(mapping.get(key), (list, tuple)):
+            mapping[key] = format_size(mapping[key])
+    return yaml.safe_dump(written, sort_keys=False, default_flow_style=None)

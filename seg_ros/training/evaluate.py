@@ -1,29 +1,53 @@
-"""The one evaluation path: the trainer's validation and ``seg-eval`` both score through here.
+"""Scoring at the label's full resolution, the same way for the trainer and for ``seg-eval``.
 
-Predictions are scored at the label's full resolution: the network sees the image at
-``input_size`` (or its own size), its logits are resized bilinearly to the label's size, and the
-argmax goes into a ``ConfusionMatrix``. Optional test-time augmentation averages the soft-max of
-horizontally flipped and rescaled views.
+The network sees the image at ``input_size`` (or its own size), its logits are resized bilinearly
+to the label's size, and the argmax goes into a ``ConfusionMatrix``; optional test-time
+augmentation averages the soft-max of flipped and rescaled views (``view_scores``).
+
+``seg-eval`` (``evaluate_checkpoint``) scores what is deployed: the checkpoint through the
+``Segmenter`` that the node runs (batch norm folded, the chosen backend and precision, uint8 frames
+uploaded, resized and normalised on the device). The trainer's validation (``evaluate``) scores the
+network it is training, from normalised tensors, with the same views and resizing.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from seg_ros.checkpoint import load_checkpoint
+from seg_ros.data import DatasetError, SegmentationDataset, build_dataset, validate_dataset
+from seg_ros.inference.segmenter import Segmenter, view_scores
 from seg_ros.labels import CITYSCAPES19, IGNORE_INDEX, LabelSet
 from seg_ros.metrics import CITYSCAPES_CATEGORIES, CITYSCAPES_CATEGORY_NAMES, ConfusionMatrix
-from seg_ros.vocabulary import percent
+from seg_ros.vocabulary import format_size, percent
 
-__all__ = ['agg_pyplot', 'autocast_context', 'check_same_classes', 'evaluate', 'format_report',
-           'plot_confusion', 'plot_per_class_iou', 'predict_scores', 'summarize']
+__all__ = [
+    'Evaluation',
+    'agg_pyplot',
+    'autocast_context',
+    'check_same_classes',
+    'evaluate',
+    'evaluate_checkpoint',
+    'format_report',
+    'plot_confusion',
+    'plot_per_class_iou',
+    'score_frames',
+    'summarize',
+    'write_report',
+]
+
+log = logging.getLogger(__name__)
 
 _AUTOCAST_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -36,35 +60,6 @@ def autocast_context(device: torch.device, precision: str) -> torch.autocast:
 
 def _logits_of(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
-
-
-def predict_scores(model: nn.Module, images: torch.Tensor, out_size: Sequence[int], *,
-                   input_size: Sequence[int] | None = None, flip: bool = False,
-                   scales: Sequence[float] = (1.0,), forward_options: dict[str, Any] | None = None
-                   ) -> torch.Tensor:
-    """(N, C, *out_size) class scores whose argmax is the prediction.
-
-    One view gives the resized logits; several views (``flip``, more than one scale) give the
-    mean of their soft-max probabilities. ``input_size`` (height, width) is the size the network
-    sees at scale 1 (None: the images' own size).
-    """
-    base_h, base_w = input_size or images.shape[-2:]
-    out_size = tuple(int(v) for v in out_size)
-    views = [(scale, flipped) for scale in scales for flipped in ((False, True) if flip else (False,))]
-    total = None
-    for scale, flipped in views:
-        size = (max(1, round(base_h * scale)), max(1, round(base_w * scale)))
-        x = images if tuple(images.shape[-2:]) == size else F.interpolate(
-            images, size=size, mode='bilinear', align_corners=False)
-        logits = _logits_of(model(x.flip(-1) if flipped else x, **(forward_options or {})))
-        if flipped:
-            logits = logits.flip(-1)
-        logits = logits.float()
-        if tuple(logits.shape[-2:]) != out_size:
-            logits = F.interpolate(logits, size=out_size, mode='bilinear', align_corners=False)
-        scores = logits.softmax(1) if len(views) > 1 else logits
-        total = scores if total is None else total + scores
-    return total
 
 
 @torch.no_grad()
@@ -84,11 +79,81 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         with autocast_context(device, precision):
-            scores = predict_scores(model, images, labels.shape[-2:], input_size=input_size, flip=flip,
-                                    scales=scales, forward_options=forward_options)
+            scores = view_scores(lambda x: _logits_of(model(x, **(forward_options or {}))), images,
+                                 labels.shape[-2:], input_size=input_size, flip=flip, scales=scales)
         confusion.update(scores.argmax(1), labels)
     confusion.all_reduce()
     return confusion
+
+
+class Evaluation(NamedTuple):
+    """What ``evaluate_checkpoint`` found: the report (``summarize`` and what was scored), the
+    confusion matrix and the classes."""
+
+    report: dict[str, Any]
+    confusion: ConfusionMatrix
+    labels: LabelSet
+
+
+def score_frames(segmenter: Segmenter, dataset: SegmentationDataset, *, native: bool = False, flip: bool = False,
+                 scales: Sequence[float] = (1.0,), num_workers: int = 0, progress: bool = True) -> ConfusionMatrix:
+    """Confusion matrix of ``segmenter`` over the frames of ``dataset`` (one by one, as a camera's
+    arrive), each scored at its label's size; ``num_workers`` processes decode the files."""
+    if dataset.transform is not None:
+        raise ValueError(f'{dataset!r} has a transform; the segmenter takes the frames as they are stored')
+    frames = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
+    confusion = ConfusionMatrix(segmenter.num_classes, ignore_index=IGNORE_INDEX)
+    for image, label in tqdm(frames, desc='seg-eval', unit='frame', dynamic_ncols=True,
+                             disable=None if progress else True):
+        scores = segmenter.class_scores(image.numpy(), out_size=label.shape, native=native, flip=flip,
+                                        scales=scales)
+        confusion.update(scores.argmax(0)[None], label[None])
+    return confusion
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str, root: str | os.PathLike, split: str,
+                        device: str = 'auto', precision: str = 'fp32', backend: str = 'torch',
+                        input_size: tuple[int, int] | str | None = None, flip: bool = False,
+                        scales: Sequence[float] = (1.0,), num_workers: int = 0, check_files: bool = True,
+                        progress: bool = True) -> Evaluation:
+    """``seg-eval``: a checkpoint scored on a dataset split through the ``Segmenter``.
+
+    ``input_size`` is the (height, width) the network sees, ``'native'`` for each frame's own size,
+    or None for the checkpoint's. Raises ``CheckpointError``, ``DatasetError`` or ``ValueError``
+    naming the problem (different classes, unreadable files unless ``check_files`` is off).
+    """
+    if not scales or min(scales) <= 0 or num_workers < 0:
+        raise ValueError(f'scales must be positive and num_workers >= 0, got {list(scales)} and {num_workers}')
+    loaded = load_checkpoint(checkpoint)
+    frames = build_dataset(dataset, root, split)
+    check_same_classes(loaded.labels, frames.label_set, what=f'{checkpoint} on {frames!r}')
+    if check_files:
+        problems = validate_dataset(frames)
+        if problems:
+            raise DatasetError(f'{len(problems)} problem(s) in {frames!r}:\n  ' + '\n  '.join(problems))
+    native = input_size == 'native'
+    segmenter = Segmenter(loaded, device=device, precision=precision, backend=backend,
+                          input_size=None if native else input_size, warmup=False, choice_cache=False)
+    log.info('scoring %s (%s) on %r: %s, network input %s, flip %s, scales %s', checkpoint, loaded.model_name,
+             frames, segmenter.describe(), 'native' if native else format_size(segmenter.input_size), flip,
+             list(scales))
+    confusion = score_frames(segmenter, frames, native=native, flip=flip, scales=scales, num_workers=num_workers,
+                             progress=progress)
+    report = summarize(confusion, loaded.labels)
+    report.update({
+        'checkpoint': str(checkpoint), 'model': loaded.model_name, 'dataset': dataset, 'split': split,
+        'images': len(frames), 'input_size': 'native' if native else list(segmenter.input_size),
+        'backend': segmenter.backend, 'precision': segmenter.precision, 'flip': flip, 'scales': list(scales),
+    })
+    return Evaluation(report, confusion, loaded.labels)
+
+
+def write_report(evaluation: Evaluation, json_path: Path, plot_path: Path | None = None) -> tuple[Path, Path]:
+    """The report as JSON and the confusion-matrix PNG (default beside it: ``<stem>_confusion.png``)."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(evaluation.report, indent=1))
+    plot_path = plot_path or json_path.with_name(f'{json_path.stem}_confusion.png')
+    return json_path, plot_confusion(evaluation.confusion.matrix, evaluation.labels, plot_path)
 
 
 def check_same_classes(model_labels: LabelSet, data_labels: LabelSet, *, what: str) -> None:

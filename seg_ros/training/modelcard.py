@@ -1,29 +1,24 @@
 """Model cards: what a trained checkpoint is, how it was trained, and how good and how fast it is here.
 
-``python -m seg_ros.training.modelcard CHECKPOINT --recipe-command "seg-train ..." --hardware "..."
-[--out models/] [--data-root DIR] [--split val] [--frames 100] [--device cpu]``
+``seg-card CHECKPOINT --recipe-command "seg-train ..." --hardware "..." [--out models/]
+[--data-root DIR] [--split val] [--frames 100] [--device cpu]`` (``write_card``) writes
+``<out>/<network>_<dataset>.md``: the recipe file, its overrides and the resolved recipe (checked
+against the one the checkpoint holds), the data, the training resolution, the epochs, the hardware
+and wall time (from the checkpoint's metadata and the run's ``log.jsonl``), the per-class IoU and
+mIoU on the validation split (``evaluate_checkpoint``: seg-eval's scoring through the ``Segmenter``
+at the checkpoint's input size, scored at full label resolution), the parameters, and the frames/s
+of the ``Segmenter`` on this machine. A YAML header holds the headline numbers, from which
+``<out>/README.md`` is regenerated: one row per ``<out>/*.pt`` and which of them the node loads by
+default.
 
-writes ``<out>/<network>_<dataset>.md``: the recipe file, its overrides and the resolved recipe
-(checked against the one the checkpoint holds), the data, the training resolution, the epochs, the
-hardware and wall time (from the checkpoint's metadata and the run's ``log.jsonl``), the per-class
-IoU and mIoU on the validation split (``seg-eval`` at the checkpoint's input size, scored at full
-label resolution), the parameters, and the frames/s of ``seg_ros.inference.segmenter.Segmenter`` on this
-machine. A YAML header holds the headline numbers, from which ``<out>/README.md`` is regenerated:
-one row per ``<out>/*.pt`` and which of them the node loads by default.
-
-``seg_eval_report`` and ``training_wall_time`` are shared with ``seg_ros.training.studies``.
+``training_wall_time`` is shared with ``seg_ros.training.studies``.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
-import io
-import json
 import os
 import shlex
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,43 +31,19 @@ import yaml
 from seg_ros.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from seg_ros.data import DatasetError, build_dataset
 from seg_ros.inference.preparation import latencies_ms
-from seg_ros.inference.segmenter import Segmenter, resolve_device
+from seg_ros.inference.segmenter import Segmenter
 from seg_ros.models import count_parameters
 from seg_ros.paths import DEFAULT_DATASET, share_dirs
 from seg_ros.reporting import machine_info
-from seg_ros.training.cli import eval_main
 from seg_ros.training.config import RecipeError, dump_recipe, find_recipe, load_recipe, resolve_stages
-from seg_ros.training.evaluate import format_report
+from seg_ros.training.evaluate import evaluate_checkpoint, format_report
 from seg_ros.training.runlog import changed_keys, log_records, read_epoch_records
-from seg_ros.vocabulary import percent_text
+from seg_ros.vocabulary import format_size, percent_text
 
-__all__ = ['EvaluationError', 'main', 'measure_speed', 'seg_eval_report', 'training_wall_time', 'write_card',
-           'write_index']
+__all__ = ['measure_speed', 'training_wall_time', 'write_card', 'write_index']
 
 FRONT_MATTER = '---\n'
 SPEED_FRAMES = 8  # distinct validation frames the timed calls rotate through
-
-
-class EvaluationError(RuntimeError):
-    """``seg-eval`` refused a checkpoint or its data; the message is its own."""
-
-
-def seg_eval_report(checkpoint: str | os.PathLike, *, dataset: str, root: str | os.PathLike, split: str,
-                    json_path: str | os.PathLike, device: str = 'auto', precision: str = 'fp32',
-                    num_workers: int = 2, check_files: bool = True) -> dict[str, Any]:
-    """``seg-eval``'s JSON report of ``checkpoint`` on a split, at the checkpoint's input size.
-
-    Runs ``seg-eval`` itself (in this process), so the numbers are those of the one evaluation
-    path; it prints its table and writes ``json_path`` and the confusion matrix PNG beside it.
-    """
-    argv = [str(checkpoint), '--dataset', dataset, '--data-root', str(root), '--split', split,
-            '--json', str(json_path), '--device', device, '--precision', precision, '--num-workers', str(num_workers)]
-    errors = io.StringIO()
-    with contextlib.redirect_stderr(errors):
-        status = eval_main([*argv, *([] if check_files else ['--no-check-files'])])
-    if status != 0:
-        raise EvaluationError(errors.getvalue().strip() or f'seg-eval {" ".join(argv)} exited with {status}')
-    return json.loads(Path(json_path).read_text())
 
 
 def training_wall_time(log_path: str | os.PathLike) -> float | None:
@@ -194,8 +165,8 @@ def card_text(*, file_name: str, checkpoint: Checkpoint, checkpoint_path: Path, 
         f'| classes | {checkpoint.labels.name}: {", ".join(checkpoint.labels.names)} |',
         f'| data | `{data["dataset"]}` at `{data["root"]}`: trained on `{data["train_split"]}`, '
         f'validated on `{data["val_split"]}` |',
-        '| training resolution | crops of {}x{} |'.format(*meta['training_resolution']),
-        f'| input size | {height}x{width} (what the node feeds the network unless told otherwise) |',
+        f'| training resolution | crops of {format_size(meta["training_resolution"])} |',
+        f'| input size | {format_size((height, width))} (what the node feeds the network unless told otherwise) |',
         f'| epochs | saved after epoch {epoch} of {planned} (stage `{stage}`); the log holds '
         f'{logged_epochs if has_log else "no record (no log.jsonl)"} epoch(s) |',
         f'| training wall time | {_duration(wall_time)}, from '
@@ -214,8 +185,8 @@ def card_text(*, file_name: str, checkpoint: Checkpoint, checkpoint_path: Path, 
         '', '<details><summary>resolved recipe (from the checkpoint)</summary>', '', '```yaml',
         dump_recipe(recipe).strip(), '```', '', '</details>', '',
         f'## Accuracy on {data["dataset"]} {report["split"]}', '',
-        f'`seg-eval` on {report["images"]} frames, network input {height}x{width}, scored at the labels\' '
-        f'full resolution ({label_size[0]}x{label_size[1]}); IoU and accuracy in %.', '',
+        f'`seg-eval` on {report["images"]} frames, network input {format_size((height, width))}, scored at the '
+        f'labels\' full resolution ({format_size(label_size)}); IoU and accuracy in %.', '',
         '```', format_report(report), '```', '',
         '## Speed on this machine', '',
         f'`Segmenter.segment` (mask and class statistics), {speed["setup"]}: {speed["frame_size"][0]}x'
@@ -272,17 +243,17 @@ def write_index(models_dir: Path) -> Path:
         card_path = path.with_suffix('.md')
         header = read_card_header(card_path) if card_path.is_file() else None
         if header is None:
-            rows.append(f'| `{path.name}` | no card: run `python -m seg_ros.training.modelcard {path} ...` '
+            rows.append(f'| `{path.name}` | no card: run `seg-card {path} ...` '
                         '| | | | | |')
         elif header['sha256'] != _sha256(path):
             rows.append(f'| `{path.name}` | [card]({card_path.name}) is for another file (sha256 differs): '
                         'regenerate it | | | | | |')
         else:
             cards[path.name] = header
-            height, width = header['input_size']
             rows.append(f'| `{path.name}` | [{header["model"]}]({card_path.name}) | {header["dataset"]} | '
-                        f'{height}x{width} | {header["parameters"]:,} | {percent_text(header["val_miou"])} '
-                        f'({header["val_split"]}) | {header["fps"]} ({header["fps_on"]}) |')
+                        f'{format_size(header["input_size"])} | {header["parameters"]:,} | '
+                        f'{percent_text(header["val_miou"])} ({header["val_split"]}) | '
+                        f'{header["fps"]} ({header["fps_on"]}) |')
     for card_path in sorted(models_dir.glob('*.md')):
         header = read_card_header(card_path)
         if header is not None and not (models_dir / header['checkpoint']).is_file():
@@ -291,7 +262,7 @@ def write_index(models_dir: Path) -> Path:
     model = _node_default_model()
     default = f'{model}_{DEFAULT_DATASET}.pt' if model else None
     lines = ['# Trained models', '',
-             'Generated by `python -m seg_ros.training.modelcard` from the card beside each checkpoint '
+             'Generated by `seg-card` from the card beside each checkpoint '
              '(`<name>.md`); regenerated with every card.', '',
              '| checkpoint | card | data | input | parameters | mIoU % | frames/s (measured on) |',
              '| --- | --- | --- | --- | --- | --- | --- |', *rows, '']
@@ -334,10 +305,8 @@ def write_card(checkpoint_path: Path, *, recipe_command: str, hardware: str, out
         raise ValueError('the recipe has no validation split; name one with --split')
     out.mkdir(parents=True, exist_ok=True)
     name = f'{checkpoint.model_name}_{data["dataset"]}'
-    with tempfile.TemporaryDirectory() as scratch:  # seg-eval's JSON and PNG are not shipped
-        report = seg_eval_report(checkpoint_path, dataset=data['dataset'], root=root, split=split,
-                                 json_path=Path(scratch) / 'report.json', device=device,
-                                 num_workers=num_workers)
+    report = evaluate_checkpoint(checkpoint_path, dataset=data['dataset'], root=root, split=split, device=device,
+                                 num_workers=num_workers).report
     images, label_size = _validation_frames(data['dataset'], root, split)
     speed = measure_speed(checkpoint, images, device=device, iterations=frames)
     card = out / f'{name}.md'
@@ -348,50 +317,3 @@ def write_card(checkpoint_path: Path, *, recipe_command: str, hardware: str, out
         log_path=log_path or checkpoint_path.parent / 'log.jsonl'))
     write_index(out)
     return card
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='python -m seg_ros.training.modelcard',
-        description='Write the model card of a trained checkpoint (<out>/<network>_<dataset>.md) and '
-                    'regenerate <out>/README.md.',
-        epilog='Example:\n'
-               '  python -m seg_ros.training.modelcard runs/enet_camvid/best.pt \\\n'
-               '      --recipe-command "seg-train enet_camvid data.root=../shared/data/camvid" \\\n'
-               '      --hardware "1x NVIDIA H100 80GB, 16 CPU cores"',
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('checkpoint', type=Path, help='a checkpoint seg-train wrote (best.pt)')
-    parser.add_argument('--recipe-command', required=True,
-                        help='the seg-train command line that trained it, quoted as one argument')
-    parser.add_argument('--hardware', required=True, help='what it was trained on (e.g. "1x RTX 2080 Ti")')
-    parser.add_argument('--out', type=Path, default=Path('models'),
-                        help='folder of the cards (default: models)')
-    parser.add_argument('--data-root', help='dataset folder (default: data.root of the checkpoint\'s recipe)')
-    parser.add_argument('--split', help='split to score (default: the recipe\'s data.val_split)')
-    parser.add_argument('--log', type=Path, help='the run\'s log.jsonl (default: beside the checkpoint)')
-    parser.add_argument('--frames', type=int, default=100, help='timed frames for frames/s (default: 100)')
-    parser.add_argument('--device', default='cpu', help='device to score and time on (default: cpu)')
-    parser.add_argument('--num-workers', type=int, default=2, help='data loading processes of seg-eval')
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status 0 with the card written, 2 for a bad checkpoint, command, data or option."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.frames < 1 or args.num_workers < 0:
-            raise ValueError(f'--frames must be >= 1 and --num-workers >= 0, got {args.frames} and '
-                             f'{args.num_workers}')
-        resolve_device(args.device)
-        card = write_card(args.checkpoint, recipe_command=args.recipe_command, hardware=args.hardware,
-                          out=args.out, data_root=args.data_root, split=args.split, log_path=args.log,
-                          frames=args.frames, device=args.device, num_workers=args.num_workers)
-    except (CheckpointError, EvaluationError, RecipeError, ValueError, OSError) as exc:
-        print(f'modelcard: error: {exc}', file=sys.stderr)
-        return 2
-    print(f'card: {card}\nindex: {args.out / "README.md"}')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

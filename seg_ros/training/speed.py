@@ -31,6 +31,7 @@ from seg_ros.labels import IGNORE_INDEX
 from seg_ros.models import build_model
 from seg_ros.training.evaluate import autocast_context
 from seg_ros.training.feeding import train_loader
+from seg_ros.vocabulary import format_size
 
 __all__ = ['StepChoice', 'StepSettings', 'candidate_settings', 'choose_step_settings', 'compare_trainers',
            'compile_pays',
@@ -149,7 +150,7 @@ def choose_step_settings(net: nn.Module, device: torch.device, *, batch: int, cr
             torch.cuda.set_rng_state_all(cuda_rng)
     fastest = min(candidates, key=lambda s: timings[str(s)])
     return StepChoice(fastest, timings, reason=f'fastest of {len(candidates)} measured at batch {batch}, '
-                                               f'crop {crop[0]}x{crop[1]}')
+                                               f'crop {format_size(crop)}')
 
 
 # The trainer before the in-memory path and measured settings: fp32, NCHW, every batch decoded and
@@ -220,7 +221,7 @@ def compare_trainers(network: str, dataset: SegmentationDataset, device: torch.d
                           workers=0, pin_memory=False)
     now = images_per_second(loader, training_step(copy.deepcopy(net), choice.settings, device), device,
                             count=batches)
-    common = {'network': network, 'batch': batch, 'crop': f'{crop[1]}x{crop[0]}'}
+    common = {'network': network, 'batch': batch, 'crop': format_size(crop)}
     return [
         {**common, 'trainer': 'before', 'precision': 'fp32', 'channels_last': False,
          'data': f'streamed, {STREAMED_WORKERS} workers', 'images_per_s': before, 'speedup': 1.0},

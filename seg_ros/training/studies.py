@@ -41,8 +41,9 @@ from seg_ros.data import DatasetError, build_dataset, class_frequencies
 from seg_ros.inference.segmenter import resolve_device
 from seg_ros.reporting import clock_duration, machine_info, markdown_table
 from seg_ros.training.config import RecipeError, load_recipe
+from seg_ros.training.evaluate import evaluate_checkpoint, write_report
 from seg_ros.training.feeding import resolve_num_workers
-from seg_ros.training.modelcard import seg_eval_report, training_wall_time
+from seg_ros.training.modelcard import training_wall_time
 from seg_ros.training.runlog import LOG, read_epoch_records
 from seg_ros.training.trainer import BEST, Trainer, TrainingError
 from seg_ros.vocabulary import percent_text
@@ -207,10 +208,12 @@ def _train_and_score(recipe_name: str, overrides: list[str], folder: Path) -> di
     trainer.fit()
     data = recipe['data']
     # check_files=False: the trainer read every file before training
-    report = seg_eval_report(folder / BEST, dataset=data['dataset'], root=data['root'],
-                             split=data['val_split'], json_path=folder / 'val.json',
-                             device=recipe['train']['device'], precision=trainer.precision,
-                             num_workers=resolve_num_workers(data['num_workers'], cached=False), check_files=False)
+    evaluation = evaluate_checkpoint(folder / BEST, dataset=data['dataset'], root=data['root'],
+                                     split=data['val_split'], device=recipe['train']['device'],
+                                     num_workers=resolve_num_workers(data['num_workers'], cached=False),
+                                     check_files=False)
+    write_report(evaluation, folder / 'val.json')
+    report = evaluation.report
     done = {
         'recipe_overrides': overrides,
         'finished': datetime.now(timezone.utc).isoformat(timespec='seconds'),
