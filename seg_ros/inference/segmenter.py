@@ -174,7 +174,7 @@ class Segmenter:
         min_confidence: pixels whose top-class probability is below this get ``IGNORE_INDEX``.
         channels_last: NHWC memory format for PyTorch: faster on CUDA and, measured, on CPUs too
             (docs/BENCHMARKS.md).
-        fold_bn: fold batch-norm layers into the convolutions next to them (``fastpath``).
+        fold_bn: fold batch-norm layers into the convolutions next to them (``preparation``).
         warmup: run the network a few times at start so that the first frame is not slow.
         backend: ``auto``, ``torch``, ``onnxruntime`` (CPU, fp32) or ``openvino`` (CPU, fp32 or
             bf16). Where ``backend`` and ``precision`` allow more than one candidate, each runs on

@@ -50,9 +50,7 @@ from rclpy.exceptions import (
     InvalidParameterValueException,
     InvalidTopicNameException,
 )
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.expand_topic_name import expand_topic_name
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
@@ -73,7 +71,7 @@ from seg_ros.ros.conversions import ConversionError, array_to_image, compressed_
 from seg_ros.ros.ground_output import GroundOutputs
 from seg_ros.ros.parameters import NODE_NAME, PARAMETERS, descriptor, invalid_reason
 from seg_ros.ros.qos import LATCHED, OUTPUT, SubscriptionEventCallbacks, input_qos
-from seg_ros.ros.spinning import init, spin
+from seg_ros.ros.spinning import run_node
 from seg_ros.vocabulary import format_size
 
 __all__ = ['SegmentNode', 'StartupError', 'main', 'run']
@@ -558,25 +556,8 @@ class SegmentNode(Node):
 
 def run(node_class: type[SegmentNode], args: list[str] | None = None) -> int:
     """Run a segment node until SIGINT or SIGTERM (exit code 0); 1 when it cannot start or its worker fails."""
-    executor = node = None
-    try:
-        init(args)
-        executor = SingleThreadedExecutor()
-        node = node_class()
-        executor.add_node(node)
-        spin(executor)
-    except StartupError as error:
-        get_logger(NODE_NAME).error(str(error))
-        return 1
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if executor is not None:
-            executor.shutdown()
-        rclpy.try_shutdown()
-    return 1 if node is not None and node.fatal_error is not None else 0
+    return run_node(node_class, args, name=NODE_NAME, startup_errors=(StartupError,),
+                    exit_code=lambda node: 1 if node.fatal_error is not None else 0)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -32,7 +29,7 @@ from seg_ros.frames.sources import SourceError, open_source, play
 from seg_ros.interface import camera_info_topic
 from seg_ros.ros.conversions import array_to_compressed, array_to_image
 from seg_ros.ros.qos import RELIABILITY_CHOICES, input_qos
-from seg_ros.ros.spinning import init, spin
+from seg_ros.ros.spinning import run_node
 
 __all__ = ['PARAMETERS', 'SampleCamera', 'main']
 
@@ -137,22 +134,7 @@ class SampleCamera(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Publish until the source ends or SIGINT; 1 when the source cannot be read."""
-    executor = node = None
-    try:
-        init(args)
-        executor = SingleThreadedExecutor()
-        node = SampleCamera()
-        executor.add_node(node)
-        spin(executor, done=node.finished.done)
-    except (ValueError, InvalidParameterValueException, InvalidParameterTypeException) as error:
-        get_logger(NODE_NAME).error(str(error))
-        return 1
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if executor is not None:
-            executor.shutdown()
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return node.finished.result() if node is not None and node.finished.done() else 0
+    return run_node(SampleCamera, args, name=NODE_NAME,
+                    startup_errors=(ValueError, InvalidParameterValueException, InvalidParameterTypeException),
+                    done=lambda node: node.finished.done,
+                    exit_code=lambda node: node.finished.result() if node.finished.done() else 0)

@@ -310,7 +310,7 @@ def _read_sizes(recipe: dict[str, Any]) -> None:
             try:
                 mapping[key] = list(parse_size(mapping[key]))
             except ValueError as error:
-                raise _fail(name, f'needs WIDTHxHEIGHT, for example 480x360: {error}') from None
+                raise _fail(name, str(error)) from None
 
 
 def _check_size(value: Any, key: str, *, optional: bool) -> None:
