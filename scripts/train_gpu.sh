@@ -17,7 +17,7 @@
 # in last.pt (resumable with seg-train --resume).
 #
 # Tested on a CPU with a tiny budget (test/test_train_gpu_script.py):
-#   TRAIN_GPU_DEVICE=cpu TRAIN_GPU_NETWORKS=enet TRAIN_GPU_CROP="64 96" TRAIN_GPU_EPOCHS=1 \
+#   TRAIN_GPU_DEVICE=cpu TRAIN_GPU_NETWORKS=enet TRAIN_GPU_SIZE=96x64 TRAIN_GPU_EPOCHS=1 \
 #   TRAIN_GPU_BENCH="--sections training --train-size 96x64 --train-iterations 1 --train-batch 2" \
 #   scripts/train_gpu.sh /tmp/out
 set -euo pipefail
@@ -30,7 +30,7 @@ export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 DEVICE=${TRAIN_GPU_DEVICE:-cuda}
 NETWORKS=${TRAIN_GPU_NETWORKS:-enet erfnet dsnet segfast segfast_basic}
-read -r CROP_H CROP_W <<< "${TRAIN_GPU_CROP:-360 480}"
+SIZE=${TRAIN_GPU_SIZE:-480x360}   # WIDTHxHEIGHT
 BATCH=${TRAIN_GPU_BATCH:-16}
 CAMVID=${CAMVID:-}
 if [[ -z $CAMVID ]]; then
@@ -49,13 +49,15 @@ share_s=$(( MINUTES * 60 / count ))
 for network in $NETWORKS; do
     # Epochs that fit this network's share: 367 frames per epoch at the measured images/s, with a
     # quarter of the share kept for validation, start-up and the step timing itself.
-    epochs=${TRAIN_GPU_EPOCHS:-$("$PY" - "$network" "$DEVICE" "$BATCH" "$CROP_H" "$CROP_W" "$share_s" <<'EOF'
+    epochs=${TRAIN_GPU_EPOCHS:-$("$PY" - "$network" "$DEVICE" "$BATCH" "$SIZE" "$share_s" <<'EOF'
 import sys
 from seg_ros.inference.segmenter import resolve_device
 from seg_ros.models import build_model
 from seg_ros.training.speed import choose_step_settings, fastest_of, step_timer
-network, device, batch, height, width, share = sys.argv[1], resolve_device(sys.argv[2]), *map(int, sys.argv[3:])
-net, crop = build_model(network, 11), (height, width)
+from seg_ros.vocabulary import parse_size
+network, device, batch, crop, share = (sys.argv[1], resolve_device(sys.argv[2]), int(sys.argv[3]),
+                                       parse_size(sys.argv[4]), int(sys.argv[5]))
+net = build_model(network, 11)
 choice = choose_step_settings(net, device, batch=batch, crop=crop, num_classes=11)
 timings = choice.timings or fastest_of({'step': step_timer(net, choice.settings, device, batch=batch, crop=crop,
                                                            num_classes=11)}, device)
@@ -66,10 +68,13 @@ EOF
     [[ $network == erfnet ]] && loss='{name: balanced_ce, c: 1.10}'   # 001's class weighting
     overrides=(data.root="$CAMVID" output.dir="$OUT/$network" train.device="$DEVICE" "stages=[]"
                train.epochs="$epochs" train.batch_size="$BATCH" train.val_every="$(( epochs > 20 ? 10 : 1 ))"
-               "augment.crop_size=[$CROP_H, $CROP_W]" "augment.scale_range=[0.5, 1.5]" augment.hflip=true
+               augment.crop_size="$SIZE" "augment.scale_range=[0.5, 1.5]" augment.hflip=true
                "optimizer={name: adamw, lr: 0.002, weight_decay: 0.0001}" "scheduler={name: onecycle}"
                train.schedule_metric=val_miou data.num_workers=auto data.cache=auto)
-    [[ $network != dsnet ]] && overrides+=("loss=$loss")   # DSNet keeps 002's OWFL + SEL
+    overrides+=("loss=$loss")
+    # DSNet learns with balanced CE in a short run: OWFL + SEL from scratch starves the thin classes
+    # (docs/STUDIES.md, "DSNet audit"); its SEL context head is then not needed.
+    [[ $network == dsnet ]] && overrides+=("model.options={context_head: false}")
     echo "== $network: $epochs epochs (share ${share_s} s)"
     printf '%q ' seg-train "${network}_camvid" "${overrides[@]}" > "$OUT/command_$network.txt"
     status=0

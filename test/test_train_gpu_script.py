@@ -35,7 +35,7 @@ def test_train_gpu_script_trains_scores_and_benchmarks_on_a_cpu(tmp_path, camvid
     data = small_camvid(camvid_root, tmp_path / 'camvid', {'train': 16, 'val': 4})
     out = tmp_path / 'out'
     env = {**os.environ, 'PYTHON': sys.executable, 'CAMVID': str(data), 'TRAIN_GPU_DEVICE': 'cpu',
-           'TRAIN_GPU_NETWORKS': 'enet', 'TRAIN_GPU_CROP': '64 96', 'TRAIN_GPU_EPOCHS': '2', 'TRAIN_GPU_BATCH': '4',
+           'TRAIN_GPU_NETWORKS': 'enet', 'TRAIN_GPU_SIZE': '96x64', 'TRAIN_GPU_EPOCHS': '2', 'TRAIN_GPU_BATCH': '4',
            'TRAIN_GPU_BENCH': '--sections training --train-size 96x64 --train-iterations 1 --train-batch 2 '
                            '--train-networks enet',
            'OMP_NUM_THREADS': '1'}
