@@ -428,7 +428,7 @@ def test_diagnostics_report_each_camera_and_the_model(ros: Ros, start_node) -> N
     # backend and precision auto (the defaults): what was chosen, and how, is reported.
     assert model['backend choice'].startswith(f"{model['backend']} {model['precision']} (")
     assert ' ms (100.00 % agree)' in model['backend choice']  # the candidates' timings
-    assert model['input size'] == f'{HEIGHT}x{WIDTH}'
+    assert model['input size'] == f'{WIDTH}x{HEIGHT}'  # WIDTHxHEIGHT, as every report writes sizes
 
     silent = wait_for(lambda: (s := probe.status('/t8/image_raw')) and s.level == DiagnosticStatus.WARN and s,
                       what='WARN after camera_timeout without frames')

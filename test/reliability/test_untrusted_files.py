@@ -40,7 +40,7 @@ from seg_ros.training.config import RecipeError, load_recipe
 from ..support import CHANNEL_NET, channel_checkpoint
 from ..support.datasets import write_shapes
 from ..support.ros import Ros
-from ..test_training import tiny_recipe_file
+from ..support.training import tiny_recipe_file
 from .harness import REPO
 
 SOURCES = sorted([*(REPO / 'seg_ros').rglob('*.py'), *(REPO / 'launch').glob('*.py')])
