@@ -16,6 +16,8 @@ from seg_ros.labels import CAMVID11
 from seg_ros.models import build_model
 from seg_ros.vocabulary import format_size
 
+__all__ = ['MIB', 'load_average', 'random_checkpoint', 'summarize_times', 'synchronize', 'time_calls']
+
 MIB = 2 ** 20
 
 

@@ -26,6 +26,9 @@ from seg_ros.inference.segmenter import resolve_precision
 from seg_ros.models import build_model, count_parameters
 from seg_ros.vocabulary import format_size
 
+__all__ = ['DEFAULT_MODES', 'DEFAULT_PRECISIONS', 'MODES', 'Mode', 'bench_forward', 'count_flops', 'model_dtype',
+           'op_shares', 'peak_forward_memory_mib', 'speedups']
+
 
 @dataclass(frozen=True)
 class Mode:

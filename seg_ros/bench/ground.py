@@ -24,6 +24,8 @@ from seg_ros.ground import (
 from seg_ros.labels import CAMVID11
 from seg_ros.vocabulary import format_size
 
+__all__ = ['GROUND_GRID', 'bench_ground']
+
 GROUND_GRID = GroundGrid(0.1, -10.0, 40.0, -20.0, 20.0)  # segment_node's default grid
 
 

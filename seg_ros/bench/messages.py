@@ -15,6 +15,8 @@ from seg_ros.bench.common import load_average, random_checkpoint, summarize_time
 from seg_ros.inference.segmenter import Segmenter
 from seg_ros.vocabulary import format_size
 
+__all__ = ['bench_messages']
+
 
 def bench_messages(args: argparse.Namespace, device: torch.device, folder: Path) -> list[dict]:
     """Per node resolution: conversions, the Segmenter's pre/post-processing, publishing (ENet)."""

@@ -25,6 +25,19 @@ from seg_ros.inference.preparation import latencies_ms
 from seg_ros.inference.segmenter import Segmenter
 from seg_ros.vocabulary import format_size
 
+__all__ = [
+    'CALIBRATION_FRAMES',
+    'MIN_NODE_FRAMES',
+    'NODE_RESOLUTIONS',
+    'SETTLED_AFTER_SECONDS',
+    'bench_node',
+    'bench_overload',
+    'forward_probe',
+    'measure_node',
+    'node_process',
+    'probe_forward',
+]
+
 NODE_RESOLUTIONS = ((360, 640), (720, 1280))
 MIN_NODE_FRAMES = 5  # per camera and run: a slow configuration runs longer than --node-seconds
 CALIBRATION_FRAMES = 15  # outputs (about) that measure the node's capacity before an overload run
@@ -144,7 +157,7 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str, process: sub
         time.sleep(0.05)
 
 
-def run_node(args: argparse.Namespace, checkpoint: Path, network: str, size: tuple[int, int], cameras: int,
+def measure_node(args: argparse.Namespace, checkpoint: Path, network: str, size: tuple[int, int], cameras: int,
              rate_hz: float, seconds: float, folder: Path, overload: float | None = None) -> dict[str, Any]:
     """One end-to-end run of segment_node; latencies, rates, drops, CPU (and, overloaded, memory).
 
@@ -324,7 +337,7 @@ def bench_node(args: argparse.Namespace, folder: Path) -> list[dict]:
             if rate is None:  # batches/s: one frame of every camera in a batch
                 rate = min(30.0, 0.5 * 1000.0 / probe_forward(args, checkpoint, cameras)['forward_p50_ms'])
             seconds = max(args.node_seconds, MIN_NODE_FRAMES / rate)
-            row = run_node(args, checkpoint, network, size, cameras, rate, seconds, folder)
+            row = measure_node(args, checkpoint, network, size, cameras, rate, seconds, folder)
             row.update(probe_forward(args, checkpoint, cameras, rate), forward_batch=cameras)
             if 'latency_p50_ms' in row:
                 row['e2e_over_forward'] = row['latency_p50_ms'] / row['forward_p50_ms']
@@ -342,7 +355,7 @@ def bench_overload(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     checkpoint = random_checkpoint(network, size, folder)
     forward = probe_forward(args, checkpoint, 1)
     saturating = 3.0 * 1000.0 / forward['forward_p50_ms']
-    row = run_node(args, checkpoint, network, size, 1, saturating, args.overload_seconds, folder, overload=2.0)
+    row = measure_node(args, checkpoint, network, size, 1, saturating, args.overload_seconds, folder, overload=2.0)
     row.update(forward)
     row['input_over_output_rate'] = row['rate_hz'] / row['output_rate_hz'] if row['output_rate_hz'] else None
     memory = np.asarray(row['memory_mib'], np.float64).reshape(-1, 2)

@@ -26,6 +26,8 @@ from seg_ros.inference.segmenter import Segmenter
 from seg_ros.paths import default_checkpoint
 from seg_ros.vocabulary import format_size
 
+__all__ = ['AUTO', 'EAGER', 'PAPER_SIZE_NETWORKS', 'bench_segment', 'segment_speedups']
+
 # SegFast's paper times its networks at 224x224 (Table 4): the segment section adds that size for them.
 PAPER_SIZE_NETWORKS = {'segfast': (224, 224), 'segfast_basic': (224, 224)}
 EAGER = 'eager fp32'  # plain PyTorch: batch-norm kept, NCHW, fp32 (the authors' kind of code)

@@ -9,6 +9,8 @@ import torch
 from seg_ros.bench.papers import PAPER_FIGURES
 from seg_ros.vocabulary import format_size
 
+__all__ = ['evaluate_targets']
+
 
 def evaluate_targets(results: dict[str, Any], device: torch.device) -> list[dict]:
     """The project's speed targets that the measured sections can answer, met or missed by how much."""

@@ -12,6 +12,8 @@ from seg_ros.bench.common import load_average
 from seg_ros.data import SegmentationDataset, build_dataset
 from seg_ros.labels import CAMVID11
 
+__all__ = ['bench_training', 'synthetic_training_split']
+
 
 def synthetic_training_split(folder: Path, size: tuple[int, int], frames: int) -> SegmentationDataset:
     """``frames`` JPEG frames of the synthetic road scene with their exact labels, as a ``folder`` dataset."""
