@@ -32,7 +32,7 @@ from seg_ros.ground import (
     project_mask,
     scan_ranges,
 )
-from seg_ros.inference.segmenter import Segmenter
+from seg_ros.inference import Segmenter
 from seg_ros.paths import default_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
