@@ -189,8 +189,8 @@ def card_text(*, file_name: str, checkpoint: Checkpoint, checkpoint_path: Path, 
         f'labels\' full resolution ({format_size(label_size)}); IoU and accuracy in %.', '',
         '```', format_report(report), '```', '',
         '## Speed on this machine', '',
-        f'`Segmenter.segment` (mask and class statistics), {speed["setup"]}: {speed["frame_size"][0]}x'
-        f'{speed["frame_size"][1]} frames in, the mask at that size out. Median of {speed["frames"]} frames '
+        f'`Segmenter.segment` (mask and class statistics), {speed["setup"]}: {format_size(speed["frame_size"])} '
+        f'frames in, the mask at that size out. Median of {speed["frames"]} frames '
         f'after warm-up: **{speed["median_ms"]:.1f} ms, {speed["fps"]:.1f} frames/s** (p90 '
         f'{speed["p90_ms"]:.1f} ms) on {speed["device"]} ({speed.get("gpu", speed["cpu"])}, '
         f'{speed["torch_threads"]} torch threads, torch {speed["torch"]}, load average '
