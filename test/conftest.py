@@ -26,6 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 CAMVID_ROOT = REPO.parent / 'shared' / 'data' / 'camvid'
 
 
+@pytest.fixture(scope='module')
+def ros():
+    """A private rclpy context whose probe node publishes frames and records what comes back."""
+    from test.support.ros import Ros  # rclpy loads only for the tests that use it
+
+    ros = Ros()
+    yield ros
+    ros.close()
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test, whatever an earlier test set: tiny networks train far faster on

@@ -13,24 +13,16 @@ import numpy as np
 import pytest
 from lifecycle_msgs.msg import State
 from rclpy.lifecycle import TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
 from seg_ros.ros.lifecycle_node import ManagedSegmentNode
 
 from .support import CHANNEL_NET, channel_checkpoint, expected_channel_mask
-from .support.ros import HEIGHT, WIDTH, Ros, camera_image, pixels, stamped, wait_for
+from .support.ros import HEIGHT, WIDTH, Ros, camera_image, pixels, stamped, started_nodes, wait_for
 
 CAMERA = '/managed/image_raw'
 MASK = '/managed/segmentation/mask'
 QUIET_SEC = 1.0  # how long "nothing arrives" is watched
-
-
-@pytest.fixture(scope='module')
-def ros():
-    ros = Ros()
-    yield ros
-    ros.close()
 
 
 @pytest.fixture(scope='module')
@@ -40,20 +32,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def managed(ros: Ros, checkpoint: Path):
-    nodes: list[ManagedSegmentNode] = []
-
-    def start(**parameters: Any) -> ManagedSegmentNode:
-        overrides = {'model': CHANNEL_NET, 'weights': str(checkpoint), 'image_topics': [CAMERA], **parameters}
-        node = ManagedSegmentNode(context=ros.context, parameter_overrides=[
-            Parameter(name, value=value) for name, value in overrides.items()])
-        ros.executor.add_node(node)
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        ros.executor.remove_node(node)
-        node.destroy_node()
+    with started_nodes(ros, ManagedSegmentNode, model=CHANNEL_NET, weights=str(checkpoint),
+                       image_topics=[CAMERA]) as start:
+        yield start
 
 
 def _state(node: ManagedSegmentNode) -> int:

@@ -28,7 +28,19 @@ from seg_ros.ros.parameters import PARAMETERS
 from seg_ros.ros.qos import LATCHED
 
 from .support import CHANNEL_NET, channel_checkpoint, expected_channel_mask
-from .support.ros import HEIGHT, TIMEOUT, WIDTH, Probe, Ros, camera_image, pixels, stamped, values, wait_for
+from .support.ros import (
+    HEIGHT,
+    TIMEOUT,
+    WIDTH,
+    Probe,
+    Ros,
+    camera_image,
+    pixels,
+    stamped,
+    started_nodes,
+    values,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,13 +58,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
-def ros():
-    ros = Ros()
-    yield ros
-    ros.close()
-
-
-@pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return channel_checkpoint(tmp_path_factory.mktemp('node') / 'channel.pt', input_size=(HEIGHT, WIDTH))
 
@@ -65,20 +70,8 @@ def reference(checkpoint: Path) -> Segmenter:
 
 @pytest.fixture
 def start_node(ros: Ros, checkpoint: Path):
-    nodes: list[SegmentNode] = []
-
-    def start(topics: list[str], **parameters: Any) -> SegmentNode:
-        overrides = {'model': CHANNEL_NET, 'weights': str(checkpoint), 'image_topics': topics, **parameters}
-        node = SegmentNode(context=ros.context, parameter_overrides=[
-            Parameter(name, value=value) for name, value in overrides.items()])
-        ros.executor.add_node(node)
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        ros.executor.remove_node(node)
-        node.destroy_node()
+    with started_nodes(ros, SegmentNode, model=CHANNEL_NET, weights=str(checkpoint)) as start:
+        yield lambda topics, **parameters: start(image_topics=topics, **parameters)
 
 
 

@@ -24,20 +24,13 @@ from seg_ros.ros.node import SegmentNode
 
 from .support import CHANNEL_NET, channel_checkpoint
 from .support.ground import CAR, ROAD, render
-from .support.ros import Ros, stamped, values, wait_for
+from .support.ros import Ros, stamped, started_nodes, values, wait_for
 
 HEIGHT, WIDTH, FOCAL = 240, 320, 250.0
 POSE = '0 0 1.5 0 0.1 0'  # 1.5 m up, pitched down 0.1 rad
 BOX = (8.0, 1.0, 3.0, 0.8)  # x of its near face, y of its centre, depth, half width (m)
 GROUND = {'grid_resolution': 0.25, 'grid_extent': [-5.0, 20.0, -10.0, 10.0]}
 ROLES = 'rgb3: {drivable: [red], obstacle: [green]}\n'
-
-
-@pytest.fixture(scope='module')
-def ros():
-    ros = Ros()
-    yield ros
-    ros.close()
 
 
 @pytest.fixture(scope='module')
@@ -51,21 +44,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def start_node(ros: Ros, files: dict[str, Path]):
-    nodes: list[SegmentNode] = []
-
-    def start(topics: list[str], **parameters: Any) -> SegmentNode:
-        overrides = {'model': CHANNEL_NET, 'weights': str(files['weights']), 'image_topics': topics,
-                     'ground_classes': str(files['roles']), 'diagnostics_period': 0.1, **GROUND, **parameters}
-        node = SegmentNode(context=ros.context, parameter_overrides=[
-            Parameter(name, value=value) for name, value in overrides.items()])
-        ros.executor.add_node(node)
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        ros.executor.remove_node(node)
-        node.destroy_node()
+    with started_nodes(ros, SegmentNode, model=CHANNEL_NET, weights=str(files['weights']),
+                       ground_classes=str(files['roles']), diagnostics_period=0.1, **GROUND) as start:
+        yield lambda topics, **parameters: start(image_topics=topics, **parameters)
 
 
 def camera() -> CameraModel:

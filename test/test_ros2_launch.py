@@ -52,13 +52,6 @@ def ros2_cli() -> None:
     check_installed_copy_is_current()
 
 
-@pytest.fixture(scope='module')
-def ros():
-    ros = Ros()
-    yield ros
-    ros.close()
-
-
 def _environment() -> dict[str, str]:
     return user_environment(AMENT_PREFIX_PATH=str(PREFIX))
 

@@ -10,17 +10,7 @@ from typing import Any
 
 import pytest
 
-from ..support.ros import Ros
-
 _FIGURES: dict[str, dict[str, Any]] = {}
-
-
-@pytest.fixture(scope='module')
-def ros():
-    """A private rclpy context whose probe node publishes frames and records what comes back."""
-    ros = Ros()
-    yield ros
-    ros.close()
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
 from seg_ros.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -39,7 +38,7 @@ from seg_ros.training.trainer import Trainer
 
 from ..support import CHANNEL_LABELS, CHANNEL_NET, ChannelArgmaxNet, channel_checkpoint
 from ..support.datasets import write_shapes
-from ..support.ros import Ros, camera_image, pixels, stamped, values, wait_for
+from ..support.ros import Ros, add_node, camera_image, pixels, remove_node, stamped, values, wait_for
 from ..support.training import subprocess_env, tiny_recipe_file, train_command
 from .harness import REPO
 
@@ -71,17 +70,8 @@ except KeyError:
 
 
 def start_node(ros: Ros, weights: Path, model: str, topic: str, **parameters: Any) -> SegmentNode:
-    overrides = {'model': model, 'weights': str(weights), 'image_topics': [topic], 'device': 'cpu',
-                 'diagnostics_period': 0.1, **parameters}
-    node = SegmentNode(context=ros.context, parameter_overrides=[
-        Parameter(name, value=value) for name, value in overrides.items()])
-    ros.executor.add_node(node)
-    return node
-
-
-def stop_node(ros: Ros, node: SegmentNode) -> None:
-    ros.executor.remove_node(node)
-    node.destroy_node()
+    return add_node(ros, SegmentNode, model=model, weights=str(weights), image_topics=[topic], device='cpu',
+                    diagnostics_period=0.1, **parameters)
 
 
 def marked(seed: int, mark: tuple[int, int, int]) -> np.ndarray:
@@ -120,7 +110,7 @@ def test_nan_and_out_of_memory_in_the_forward_skip_the_frame(ros: Ros, tmp_path:
             np.testing.assert_array_equal(pixels(out), reference.segment(good).mask)
         assert node.fatal_error is None and node.context.ok()
     finally:
-        stop_node(ros, node)
+        remove_node(ros, node)
     assert 'skipped frame(s) of /fault/image_raw' in capfd.readouterr().err
 
 
@@ -141,7 +131,7 @@ def test_a_checkpoint_replaced_under_the_running_node(ros: Ros, tmp_path: Path) 
                          what='model diagnostics')
         assert model.level == DiagnosticStatus.OK
     finally:
-        stop_node(ros, node)
+        remove_node(ros, node)
     with pytest.raises(StartupError) as error:  # a restart
         start_node(ros, weights, CHANNEL_NET, '/swap/image_raw')
     message = str(error.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -67,6 +68,35 @@ class Ros:
         rclpy.try_shutdown(context=self.context)
         self.thread.join(timeout=5)
         self.executor.shutdown()
+
+
+def add_node(ros: Ros, node_class: type[Node], **parameters: Any) -> Node:
+    """A node of ``node_class`` in ``ros``'s context with these parameter overrides, spun by its executor."""
+    node = node_class(context=ros.context, parameter_overrides=[
+        Parameter(name, value=value) for name, value in parameters.items()])
+    ros.executor.add_node(node)
+    return node
+
+
+def remove_node(ros: Ros, node: Node) -> None:
+    ros.executor.remove_node(node)
+    node.destroy_node()
+
+
+@contextlib.contextmanager
+def started_nodes(ros: Ros, node_class: type[Node], **defaults: Any) -> Iterator[Callable[..., Node]]:
+    """``start(**parameters)`` adds a node (``defaults`` overridden by ``parameters``); all go at exit."""
+    nodes: list[Node] = []
+
+    def start(**parameters: Any) -> Node:
+        nodes.append(add_node(ros, node_class, **{**defaults, **parameters}))
+        return nodes[-1]
+
+    try:
+        yield start
+    finally:
+        for node in nodes:
+            remove_node(ros, node)
 
 
 def camera_image(seed: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
