@@ -171,6 +171,11 @@ def test_unreadable_sources_are_named_in_the_error(tmp_path, image_folder):
     broken_bag.write_text('not a database')
     with pytest.raises(SourceError, match='broken.db3: cannot be read'):
         open_source(str(broken_bag))
+    no_metadata = tmp_path / 'no_metadata'  # a bag's storage file without its metadata.yaml
+    no_metadata.mkdir()
+    (no_metadata / 'run_0.mcap').write_text('not a bag')
+    with pytest.raises(SourceError, match='no_metadata: cannot be read'):
+        open_source(str(no_metadata))
     (image_folder / 'frame_10.PNG').write_bytes(b'\x89PNG truncated')
     with pytest.raises(SourceError, match='frame_10.PNG is not a readable image'):
         list(play(open_source(str(image_folder))))

@@ -164,8 +164,8 @@ class BagSource(FrameSource):
     @contextmanager
     def _reading(self) -> Iterator[Reader]:
         """The bag's reader, open while in the ``with`` block."""
-        reader = Reader(self.path)
-        try:
+        try:  # the constructor reads metadata.yaml: a folder of storage files without it fails there
+            reader = Reader(self.path)
             reader.open()
         except Exception as error:  # ReaderError, OSError, and the sqlite3, mcap and YAML errors beneath
             raise SourceError(f'rosbag2 {self.path}: cannot be read ({error})') from error
