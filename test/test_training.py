@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -33,6 +34,7 @@ from seg_ros.training.trainer import Trainer, TrainingError
 from .support.datasets import SHAPE_CLASSES, make_cityscapes, write_shapes
 from .support.training import (
     TINY_NET,
+    TINY_UNPOOL_NET,
     subprocess_env,
     tiny_recipe,
     tiny_recipe_file,
@@ -41,9 +43,6 @@ from .support.training import (
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / 'config' / 'train').glob('*.yaml'))
-
-
-
 
 
 @pytest.fixture(scope='module')
@@ -55,11 +54,6 @@ def shapes_root(tmp_path_factory) -> Path:
 def few_shapes_root(tmp_path_factory) -> Path:
     """Eight training images (four batches of two), for the tests of the machinery."""
     return write_shapes(tmp_path_factory.mktemp('few_shapes'), train=8, val=4)
-
-
-
-
-
 
 
 # -- recipes and overrides ------------------------------------------------------------------------------
@@ -176,10 +170,6 @@ def test_tiny_network_learns_the_shapes(tmp_path, shapes_root, one_thread):
     assert eval_main([str(run / 'best.pt'), '--dataset', 'folder', '--data-root', str(shapes_root),
                       '--split', 'val', '--json', str(report_path), '--num-workers', '0']) == 0
     assert json.loads(report_path.read_text())['miou'] == pytest.approx(trainer.best_miou)
-
-
-
-
 
 
 @pytest.mark.parametrize('cache', ['true', 'false'], ids=['in_memory', 'streamed'])
@@ -381,6 +371,22 @@ def test_progressive_stages_and_erfnet_encoder_first(tmp_path, few_shapes_root, 
     last = load_checkpoint(tmp_path / 'run' / 'last.pt')
     assert last.training['global_step'] == 8 // 4 + 8 // 2
     assert load_checkpoint(tmp_path / 'run' / 'best.pt').meta['stage'] == 'full'
+
+
+def test_compiled_run_recompiles_when_a_stage_changes_the_crop(tmp_path, few_shapes_root, one_thread):
+    """A later stage's new crop gets its own compiled graph. Left to guess dynamic shapes, inductor
+    failed on the max-unpool index arithmetic (DSNet's full-resolution stage died at its first step)."""
+    recipe = tiny_recipe(tmp_path, few_shapes_root, 'train.epochs=null', 'train.compile=true',
+                         'train.deterministic=false', 'scheduler={name: constant}',
+                         'stages=[{name: small, epochs: 1, crop_size: 64x48, batch_size: 4},'
+                         ' {name: large, epochs: 1, crop_size: 80x64, batch_size: 2}]', net=TINY_UNPOOL_NET)
+    trainer = Trainer(recipe)
+    assert trainer.compile is True
+    trainer.fit()
+    records = read_epoch_records(tmp_path / 'run' / 'log.jsonl')
+    assert [r['stage_name'] for r in records] == ['small', 'large']
+    assert all(math.isfinite(r['train_loss']) for r in records)
+    assert load_checkpoint(tmp_path / 'run' / 'last.pt').training['global_step'] == 8 // 4 + 8 // 2
 
 
 def test_coarse_pretraining_stage_then_fine_stage_on_cityscapes(tmp_path, one_thread, caplog):

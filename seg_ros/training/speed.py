@@ -252,7 +252,7 @@ def compile_pays(net: nn.Module, settings: StepSettings, device: torch.device, *
     cpu_rng = torch.get_rng_state()
     try:
         started = time.perf_counter()
-        step = step_timer(torch.compile(copy.deepcopy(net)), settings, device, batch=batch, crop=crop,
+        step = step_timer(torch.compile(copy.deepcopy(net), dynamic=False), settings, device, batch=batch, crop=crop,
                           num_classes=num_classes)
         step()
         compile_s = time.perf_counter() - started

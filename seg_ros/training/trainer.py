@@ -435,7 +435,9 @@ class Trainer:
             model = DistributedDataParallel(self.net, device_ids=device_ids,
                                             find_unused_parameters=bool(run.unused))
         if self.compile:
-            model = torch.compile(model)
+            # Static shapes: a stage's crop is fixed, and the dynamic graph dynamo would otherwise
+            # build when a later stage changes the crop fails in inductor for DSNet's unpooling.
+            model = torch.compile(model, dynamic=False)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == 'fp16')
         if done:
             state = self._resume_training_state

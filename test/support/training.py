@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from seg_ros.models import SegmentationNet, get_model_builder, register_model
@@ -15,6 +16,7 @@ from seg_ros.training.config import load_recipe
 REPO = Path(__file__).resolve().parents[2]
 
 TINY_NET = 'test_training_tiny_fcn'
+TINY_UNPOOL_NET = 'test_training_tiny_unpool'
 
 
 TINY_RECIPE = """
@@ -43,6 +45,25 @@ class TinyFCN(SegmentationNet):
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+
+class TinyUnpoolNet(SegmentationNet):
+    """A strided convolution, a max-pool whose indices a max-unpool reuses (as ENet and DSNet do), a
+    classifier: the smallest graph with the index arithmetic that a compiler has to get right."""
+
+    size_divisor = 4
+
+    def __init__(self, num_classes: int, width: int = 8) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, width, 3, stride=2, padding=1)
+        self.middle = nn.Conv2d(width, width, 1)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down(x)
+        pooled, indices = F.max_pool2d(x, 2, return_indices=True)
+        x = F.max_unpool2d(self.middle(pooled), indices, 2, output_size=x.shape[-2:])
+        return F.interpolate(self.classifier(x), scale_factor=2.0, mode='bilinear', align_corners=False)
 
 
 def tiny_recipe_file(folder: Path, root: Path, net: str = TINY_NET) -> Path:
@@ -74,3 +95,7 @@ except KeyError:
     @register_model(TINY_NET)
     def tiny_fcn(*, num_classes: int, width: int = 16) -> TinyFCN:
         return TinyFCN(num_classes, width)
+
+    @register_model(TINY_UNPOOL_NET)
+    def tiny_unpool(*, num_classes: int) -> TinyUnpoolNet:
+        return TinyUnpoolNet(num_classes)
