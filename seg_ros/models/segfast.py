@@ -42,7 +42,8 @@ rounding): tensors are channels last (oneDNN's depth-wise 3x3 convolution is sev
 on them); the depth-wise 2x2 upsampling is a broadcast product (``DepthwiseUpsample``), not
 PyTorch's slow depth-wise transposed convolution; in eval mode each convolution absorbs the batch
 norm before it (``ConvUnit``; a padded one with a correction of its border), except SegFast-Basic's
-three plain transposed convolutions. Measured against the authors' code in docs/BENCHMARKS.md
+three plain transposed convolutions; on a CPU those convolutions run through oneDNN even where
+PyTorch would not pick it (1x1 on one thread). Measured against the authors' code in docs/BENCHMARKS.md
 (``python -m seg_ros.bench.segfast_reference``).
 """
 
@@ -154,6 +155,19 @@ def _remove_padding_shift(out: torch.Tensor, taps: torch.Tensor) -> None:
     out[..., -1, -1] += taps[:, 2, 2]
 
 
+def _convolve(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``conv``'s convolution with other weights, on a CPU through oneDNN.
+
+    PyTorch picks oneDNN itself except for a 1x1 convolution at batch < 16 on one thread, which it
+    sends to its im2col path: 25 to 40 % slower for the decoder's 1x1 convolutions here, and those
+    hold 4.3 of the network's 5.3 GFLOPs at 480x360 (docs/BENCHMARKS.md).
+    """
+    if (x.device.type == 'cpu' and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()):
+        return torch.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+    return conv._conv_forward(x, weight, bias)
+
+
 class ConvUnit(nn.Sequential):
     """Batch norm, convolution, ReLU: the order Section 3.1 gives for every convolution.
 
@@ -189,7 +203,7 @@ class ConvUnit(nn.Sequential):
         # W (s x + t) + b = (W s) x + (W t + b); weight is (out, in / groups, k, k).
         per_input = (1, -1, 1, 1) if conv.groups == 1 else (-1, 1, 1, 1)
         taps = (conv.weight * shift.view(per_input)).sum(1)  # (out, k, k): the shift's share per tap
-        out = conv._conv_forward(x, conv.weight * scale.view(per_input), conv.bias + taps.sum((1, 2)))
+        out = _convolve(conv, x, conv.weight * scale.view(per_input), conv.bias + taps.sum((1, 2)))
         if conv.padding != (0, 0):
             _remove_padding_shift(out, taps)
         return activation(out)
