@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def test_card_scores_like_seg_eval_and_checks_the_recipe(tmp_path, trained):
     assert header['input_size'] == [48, 64] and header['fps'] > 0
     assert header['sha256'] == hashlib.sha256(best.read_bytes()).hexdigest()
     assert header['training_wall_time_s'] is not None
+    threads = re.match(r'cpu, (\d+) thread(s?), ', header['fps_on'])
+    assert threads and (threads[1] == '1') == (threads[2] == '')  # '1 thread', '2 threads'
     text = card.read_text()
     assert 'The command gives exactly the recipe the checkpoint holds.' in text
     assert 'saved after epoch 2 of 2' in text and '2 shared CPU cores' in text

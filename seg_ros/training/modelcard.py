@@ -110,6 +110,10 @@ def _duration(seconds: float | None) -> str:
     return f'{minutes // 60} h {minutes % 60:02d} min ({seconds:.0f} s)'
 
 
+def _threads(count: int, kind: str = '') -> str:
+    return f'{count} {kind}thread{"" if count == 1 else "s"}'
+
+
 def _epochs(meta: dict[str, Any]) -> tuple[int, int, str]:
     """(epoch the checkpoint was saved after, epochs the recipe plans, stage name), counted over stages."""
     stages = resolve_stages(meta['recipe'])
@@ -153,7 +157,7 @@ def card_text(*, file_name: str, checkpoint: Checkpoint, checkpoint_path: Path, 
         'input_size': [height, width], 'parameters': parameters, 'val_split': report['split'],
         'val_miou': None if report['miou'] is None else round(report['miou'], 2),
         'fps': round(speed['fps'], 1),
-        'fps_on': f'{speed["device"]}, {speed["torch_threads"]} threads, {speed.get("gpu", speed["cpu"])}',
+        'fps_on': f'{speed["device"]}, {_threads(speed["torch_threads"])}, {speed.get("gpu", speed["cpu"])}',
         'training_wall_time_s': None if wall_time is None else round(wall_time), 'hardware': hardware,
     }
     lines = [
@@ -193,7 +197,7 @@ def card_text(*, file_name: str, checkpoint: Checkpoint, checkpoint_path: Path, 
         f'frames in, the mask at that size out. Median of {speed["frames"]} frames '
         f'after warm-up: **{speed["median_ms"]:.1f} ms, {speed["fps"]:.1f} frames/s** (p90 '
         f'{speed["p90_ms"]:.1f} ms) on {speed["device"]} ({speed.get("gpu", speed["cpu"])}, '
-        f'{speed["torch_threads"]} torch threads, torch {speed["torch"]}, load average '
+        f'{_threads(speed["torch_threads"], "torch ")}, torch {speed["torch"]}, load average '
         f'{speed["load_average_1_5_15"][0]} when measured).',
     ]
     return '\n'.join(lines) + '\n'
