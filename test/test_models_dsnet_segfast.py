@@ -193,6 +193,28 @@ def test_depthwise_upsample_is_the_transposed_convolution(memory_format):
         assert torch.allclose(ours, theirs, atol=1e-5)
 
 
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_depthwise_upsample_trains_in_bf16_as_the_transposed_convolution(memory_format):
+    """Under bf16 autocast, in a training ConvUnit (batch norm, upsampling, in-place ReLU): the output
+    in bf16 and the layout of the input, as the plain layer gives them; the same gradients to bf16's
+    precision, in float for the parameters."""
+    torch.manual_seed(0)
+    fast = ConvUnit(8, 8, 2, stride=2, groups=8, transposed=True).train()
+    plain = copy.deepcopy(fast)
+    plain[1] = nn.ConvTranspose2d(8, 8, 2, stride=2, groups=8)
+    plain[1].load_state_dict(fast[1].state_dict())
+    x = torch.randn(3, 8, 6, 10).contiguous(memory_format=memory_format)
+    grads = []
+    for unit in (fast, plain):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = unit(x)
+        assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=memory_format)
+        grads.append(torch.autograd.grad(out.float().square().sum(), list(unit.parameters())))
+        assert all(g.dtype == torch.float32 for g in grads[-1])
+    for ours, theirs in zip(*grads, strict=True):
+        assert torch.allclose(ours, theirs, rtol=0.05, atol=0.05 * theirs.abs().max().item())
+
+
 @pytest.mark.parametrize(('kernel_size', 'groups', 'transposed', 'absorbs'), [
     (1, 1, False, True),
     (2, 6, True, True),    # depth-wise upsampling

@@ -23,6 +23,9 @@ ROS2CLI_ABSENT = f'{ROS2CLI} is absent: it holds the ROS 2 launch system and ros
 PREFIX = Path(sys.prefix)  # the environment the suite runs in, where dev.sh installed seg_ros
 BIN = Path(sysconfig.get_path('scripts'))
 # What ends a process uncleanly: a Python traceback, a C++ abort, launch reporting a non-zero exit.
+# launch escalates to SIGTERM 5 s after its SIGINT and to SIGKILL 10 s later; twice that, as ros2 launch
+# itself once took over 30 s to exit with a compiling training on the same two cores.
+LAUNCH_STOP_TIMEOUT = 60.0
 UNCLEAN = ('Traceback', 'terminate called', 'KeyboardInterrupt', 'process has died', 'Aborted', 'core dumped')
 
 
@@ -108,10 +111,10 @@ def assert_clean(output: str) -> None:
     assert not found, f'{found} in the output:\n{output[-4000:]}'
 
 
-def stop_launch(launched: Started, *, terminal: bool = False, timeout: float = 30.0) -> None:
+def stop_launch(launched: Started, *, terminal: bool = False, timeout: float = LAUNCH_STOP_TIMEOUT) -> None:
     """SIGINT to ``ros2 launch`` as ``kill -INT`` sends it, or to its process group as a terminal's Ctrl-C
     does (every node then gets it directly and once more from launch); launch and every node it started
-    end cleanly. ``timeout``: launch escalates to SIGTERM after 5 s and SIGKILL after 10 s."""
+    end cleanly."""
     launched.signal(signal.SIGINT, group=terminal)
     code = launched.wait(timeout)
     output = launched.output()
