@@ -165,8 +165,9 @@ class DepthwiseUpsample(nn.ConvTranspose2d):
             bias = torch.addcmul(bias, input_shift.view(channels, 1, 1), kernel)
             kernel = kernel * input_scale.view(channels, 1, 1)
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            if torch.is_autocast_enabled(x.device.type):  # as autocast runs a convolution
-                x = x.to(torch.get_autocast_dtype(x.device.type))
+            device = x.device.type
+            if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+                x = x.to(torch.get_autocast_dtype(device))  # as autocast runs a convolution
             return _PatchProduct.apply(x, kernel, bias)
         # A traced or compiled graph (an autograd.Function with out= is neither exported nor compiled):
         # the broadcast product.
