@@ -132,7 +132,7 @@ class _PatchProduct(torch.autograd.Function):
                 patch = grad[:, :, a, :, b]
                 grad_x = (patch * kernel_x[:, a, b] if grad_x is None
                           else grad_x.addcmul_(patch, kernel_x[:, a, b]))
-                # bf16 sums accumulate in float
+                # a bf16 sum accumulates in float, then rounds, as a bf16 convolution's gradient does
                 grad_kernel[:, a, b] = (patch * pixels).sum((0, 1, 2))
                 grad_bias[:, a, b] = patch.sum((0, 1, 2))
         return grad_x.permute(0, 3, 1, 2), grad_kernel, grad_bias
@@ -169,8 +169,8 @@ class DepthwiseUpsample(nn.ConvTranspose2d):
             if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
                 x = x.to(torch.get_autocast_dtype(device))  # as autocast runs a convolution
             return _PatchProduct.apply(x, kernel, bias)
-        # A traced or compiled graph (an autograd.Function with out= is neither exported nor compiled):
-        # the broadcast product.
+        # A traced or compiled graph: the broadcast product, plain operators an exporter maps and a
+        # compiler fuses.
         if x.is_contiguous(memory_format=torch.channels_last):
             # Nearest upsampling first, so that the product is written in the output's order:
             # (N, H, k, W, k, C), channels last.
