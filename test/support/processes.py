@@ -22,10 +22,10 @@ ROS2CLI = REPO.parent / 'shared' / 'ros2cli'  # the launch system and ros2 CLI a
 ROS2CLI_ABSENT = f'{ROS2CLI} is absent: it holds the ROS 2 launch system and ros2 CLI wheels these tests run'
 PREFIX = Path(sys.prefix)  # the environment the suite runs in, where dev.sh installed seg_ros
 BIN = Path(sysconfig.get_path('scripts'))
-# What ends a process uncleanly: a Python traceback, a C++ abort, launch reporting a non-zero exit.
-# launch escalates to SIGTERM 5 s after its SIGINT and to SIGKILL 10 s later; twice that, as ros2 launch
-# itself once took over 30 s to exit with a compiling training on the same two cores.
+# launch escalates to SIGTERM 5 s after its SIGINT and to SIGKILL 5 s after that; ros2 launch itself once
+# took over 30 s to exit with a compiling training oversubscribing the same two cores.
 LAUNCH_STOP_TIMEOUT = 60.0
+# What ends a process uncleanly: a Python traceback, a C++ abort, launch reporting a non-zero exit.
 UNCLEAN = ('Traceback', 'terminate called', 'KeyboardInterrupt', 'process has died', 'Aborted', 'core dumped')
 
 
