@@ -186,6 +186,9 @@ def test_depthwise_upsample_is_the_transposed_convolution(memory_format):
     assert torch.allclose(out, expected, atol=1e-6)
     with torch.inference_mode():  # inference writes the output in one pass: the same numbers
         assert torch.allclose(fast(x.detach()), expected, atol=1e-6)
+    # An exported graph takes the broadcast product in the input's layout: the same numbers.
+    exported = torch.export.export(fast, (x.detach(),)).module()
+    assert torch.allclose(exported(x.detach()), expected, atol=1e-6)
     # Training goes through it too: the same gradients for the input, the kernel and the bias.
     grad = torch.randn_like(expected)
     for ours, theirs in zip(torch.autograd.grad(out, (x, fast.weight, fast.bias), grad),

@@ -171,7 +171,7 @@ class DepthwiseUpsample(nn.ConvTranspose2d):
             return _PatchProduct.apply(x, kernel, bias)
         # A traced or compiled graph: the broadcast product, plain operators an exporter maps and a
         # compiler fuses.
-        if x.is_contiguous(memory_format=torch.channels_last):
+        if _layout_of(x) == torch.channels_last:
             # Nearest upsampling first, so that the product is written in the output's order:
             # (N, H, k, W, k, C), channels last.
             kernel = kernel.permute(1, 2, 0).reshape(k, 1, k, channels)
