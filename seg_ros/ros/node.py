@@ -83,9 +83,6 @@ LOG_THROTTLE_SEC = 5.0
 LATENCY_WINDOW = 1000  # samples kept between two diagnostics reports
 
 
-"""Every parameter of the node, in the order of config/segment.yaml."""
-
-
 # Optional outputs and the parameter that switches each on.
 OPTIONAL_OUTPUT_SWITCHES = {
     'color_mask': 'publish_color_mask',

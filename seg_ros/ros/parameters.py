@@ -29,6 +29,7 @@ class ParameterSpec:
     choices: tuple[str, ...] = ()
 
 
+# Every parameter of the node, in the order of config/segment.yaml (test_node checks both agree).
 PARAMETERS: dict[str, ParameterSpec] = {
     'model': ParameterSpec(
         'enet', 'network whose shipped checkpoint models/<model>_camvid.pt is used; with weights set it must '
