@@ -197,7 +197,8 @@ def measure_node(args: argparse.Namespace, checkpoint: Path, network: str, size:
                 capacity_hz = delivered / cameras / settle
                 rate_hz = overload * capacity_hz
             memory: list[tuple[float, float]] = []
-            sampler = _MemorySampler(node_ps, memory) if overload else None
+            # Ten samples at least, so that even a short run has a settled second half to judge.
+            sampler = _MemorySampler(node_ps, memory, period=min(0.5, seconds / 10)) if overload else None
             with rig.lock:
                 rig.node_inference_ms.clear()
             cpu_before = (node_ps.cpu_times(), own_ps.cpu_times(), time.perf_counter())
@@ -254,7 +255,8 @@ def _cpu_seconds(before: Any, after: Any) -> float:
 
 
 class _MemorySampler:
-    """Resident memory of a process every half second, as (seconds, MiB)."""
+    """Resident memory of a process every ``period`` seconds and once more when stopped, as
+    (seconds, MiB)."""
 
     def __init__(self, process: Any, samples: list[tuple[float, float]], period: float = 0.5) -> None:
         self.process, self.samples, self.period = process, samples, period
@@ -265,13 +267,18 @@ class _MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((round(time.perf_counter() - self._start, 2),
-                                 round(self.process.memory_info().rss / MIB, 1)))
+            self._sample()
             self._stop.wait(self.period)
 
+    def _sample(self) -> None:
+        self.samples.append((round(time.perf_counter() - self._start, 2),
+                             round(self.process.memory_info().rss / MIB, 1)))
+
     def stop(self) -> None:
+        """Stops sampling; the last sample is taken now, so the run's end is always in the record."""
         self._stop.set()
         self._thread.join()
+        self._sample()
 
 
 def forward_probe(spec: str) -> None:

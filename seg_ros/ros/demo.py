@@ -43,6 +43,8 @@ from seg_ros.frames.synthetic import CAMERA_HEIGHT
 from seg_ros.paths import fastdds_profile
 from seg_ros.ros.conversions import image_to_array
 from seg_ros.ros.qos import LATCHED, input_qos
+from seg_ros.ros.spinning import init
+from seg_ros.ros.stopping import stop_requested
 from seg_ros.vocabulary import PRECISION_CHOICES, size_argument
 
 __all__ = ['DemoMonitor', 'main']
@@ -152,10 +154,11 @@ def _stop(processes: dict[str, subprocess.Popen]) -> bool:
 
 def _watch(executor: SingleThreadedExecutor, monitor: DemoMonitor, processes: dict[str, subprocess.Popen],
            args: argparse.Namespace) -> int:
-    """Print a line a second for ``args.seconds`` from the first result; 1 when a process fails to deliver."""
+    """Print a line a second for ``args.seconds`` from the first result or until a stop signal; 1 when
+    a process fails to deliver."""
     started = time.monotonic()
     first_result = next_line = None
-    while True:
+    while not stop_requested():
         executor.spin_once(timeout_sec=0.05)
         if any(process.poll() is not None for process in processes.values()):
             return 1  # _stop reports which one and how
@@ -174,6 +177,7 @@ def _watch(executor: SingleThreadedExecutor, monitor: DemoMonitor, processes: di
             next_line += 1.0
         if now - first_result >= args.seconds:
             return 0
+    return 0 if monitor.overlays else 1
 
 
 def _save_overlay(msg: Image, path: Path) -> None:
@@ -216,13 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f'camera {CAMERA_TOPIC}, results {RESULTS}/{{mask,color_mask,overlay,stats}}; '
           f'waiting for the model to load', flush=True)
     processes = _start(args)
-    rclpy.init(args=[])
+    init([])  # a Ctrl-C from here on is a request seen by _watch, never an exception inside rclpy
     monitor = DemoMonitor()
     executor = SingleThreadedExecutor()
     executor.add_node(monitor)
     try:
         exit_code = _watch(executor, monitor, processes, args)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         exit_code = 0 if monitor.overlays else 1
     finally:
         stopped_cleanly = _stop(processes)
