@@ -258,7 +258,7 @@ class _MemorySampler:
     """Resident memory of a process every ``period`` seconds and once more when stopped, as
     (seconds, MiB)."""
 
-    def __init__(self, process: Any, samples: list[tuple[float, float]], period: float = 0.5) -> None:
+    def __init__(self, process: Any, samples: list[tuple[float, float]], period: float) -> None:
         self.process, self.samples, self.period = process, samples, period
         self._stop = threading.Event()
         self._start = time.perf_counter()

@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import Image
@@ -226,8 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     executor.add_node(monitor)
     try:
         exit_code = _watch(executor, monitor, processes, args)
-    except ExternalShutdownException:
-        exit_code = 0 if monitor.overlays else 1
     finally:
         stopped_cleanly = _stop(processes)
         executor.shutdown()
